@@ -1,0 +1,133 @@
+"""Configs: small frozen dataclasses passed whole to the modules that use them, plus seeding.
+
+`ViTConfig()` is the chapter's ViT-Tiny ("Detailed Specifications"). Variants are made with
+`dataclasses.replace(cfg, depth=2)`, never by editing a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# The source system (the chapter's configs/vision_tiny.json) names the same fields differently.
+SOURCE_KEYS = {
+    "img_size": "image_size",
+    "patch": "patch_size",
+    "d_model": "dim",
+    "n_layers": "depth",
+    "n_heads": "heads",
+    "d_ff": "mlp_dim",
+}
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 224
+    patch_size: int = 16  # 224 / 16 = 14 -> a 14x14 grid of 196 patches, + 1 CLS token = 197
+    in_channels: int = 3
+    dim: int = 128
+    depth: int = 4
+    heads: int = 2
+    mlp_dim: int = 512
+    dropout: float = 0.1
+    # Not in the chapter: dropout on the attention probabilities. 0 keeps PyTorch's fused attention kernel
+    # on the CPU (with it, training falls back to a path about 2x slower); timm's ViTs also default to 0.
+    attn_dropout: float = 0.0
+    out_dim: int = 256  # the projector's output: the Thinker's width
+
+    def __post_init__(self):  # fail early, with a message
+        for name in ("image_size", "patch_size", "in_channels", "dim", "depth", "heads", "mlp_dim", "out_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads} (each head needs dim // heads)")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along one side: 224 // 16 = 14."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """P = 14 * 14 = 196."""
+        return self.grid_size**2
+
+    @property
+    def num_tokens(self) -> int:
+        """N = P + 1 (the CLS token) = 197."""
+        return self.num_patches + 1
+
+    @property
+    def patch_dim(self) -> int:
+        """Numbers in one flattened patch: C * p * p = 3 * 16 * 16 = 768."""
+        return self.in_channels * self.patch_size**2
+
+    @property
+    def head_dim(self) -> int:
+        """Dh = D // h = 64."""
+        return self.dim // self.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
+        """Build from our own keys or the source system's (`img_size, patch, d_model, ...`)."""
+        return _from_dict(cls, data, aliases=SOURCE_KEYS)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ViTConfig":
+        return cls.from_dict(read_json_object(path))
+
+
+def _from_dict(cls, data: dict[str, Any], aliases: dict[str, str] | None = None):
+    """Map keys through `aliases`, refuse unknown or doubled keys with a message naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} expects a JSON object of settings, got {type(data).__name__}")
+    aliases = aliases or {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name not in fields:
+            raise ValueError(f"unknown {cls.__name__} key {key!r}; expected some of {sorted(fields | set(aliases))}")
+        if name in kwargs:
+            raise ValueError(f"{cls.__name__} key {name!r} given twice (as {key!r} and under another name)")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file that must hold one object; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid UTF-8 JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, NumPy and torch, so a notebook or test run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

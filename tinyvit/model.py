@@ -1,0 +1,202 @@
+"""Steps 4-7 of the chapter: CLS token and positions, pre-norm transformer blocks, CLS pooling, projector.
+
+Shapes: B batch, P patches, N = P + 1 tokens, D width, h heads, Dh = D // h, E = out_dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ViTConfig
+from .patches import PatchEmbed
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv Linear. (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.attn_dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.proj_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Returns (out, weights); weights is (B, h, N, N) when asked for, else None."""
+        B, N, D = x.shape
+        h, Dh = self.heads, D // self.heads
+        q, k, v = self.qkv(x).view(B, N, 3, h, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, Dh)
+        p = self.attn_dropout if self.training else 0.0
+        weights = None
+        if return_attention:
+            # The explicit path, so a learner (and viz.py) can see the softmax weights.
+            weights = (q @ k.transpose(-2, -1) * Dh**-0.5).softmax(dim=-1)  # (B, h, N, N)
+            out = F.dropout(weights, p) @ v  # (B, h, N, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, Dh)
+        out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj_drop(self.proj(out)), weights
+
+
+class MLP(nn.Module):
+    """Per-token feed-forward network D -> mlp_dim -> D with GELU. (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Returns (x, attention weights or None)."""
+        a, weights = self.attn(self.norm1(x), return_attention)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, weights
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize the patch positions bicubically to another grid, the CLS position kept apart.
+
+    (1, 1 + g*g, D) -> (1, 1 + gh*gw, D). Resampling to the same grid returns the input unchanged.
+    """
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    _, P, D = patch_pos.shape
+    g = math.isqrt(P)
+    if g * g != P:
+        raise ValueError(f"position embeddings for {P} patches do not form a square grid")
+    if (g, g) == tuple(new_grid):
+        return pos_embed
+    grid = patch_pos.reshape(1, g, g, D).permute(0, 3, 1, 2)  # (1, D, g, g)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False)  # (1, D, gh, gw)
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, gh*gw, D)
+    return torch.cat([cls_pos, patch_pos], dim=1)  # (1, 1 + gh*gw, D)
+
+
+class VisionTransformer(nn.Module):
+    """Patches -> [CLS] + patch tokens + positions -> blocks -> final LayerNorm. (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        self.pos_drop = nn.Dropout(cfg.dropout)  # as in the ViT paper: dropout right after adding positions
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """ViT-style init: trunc-normal(0.02) for CLS, positions and Linear weights; Xavier for the patch
+        embedding (as a flat Linear); zero biases; LayerNorms at identity."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+    def positions_for(self, images: torch.Tensor, interpolate_pos: bool) -> torch.Tensor:
+        """The (1, N, D) position embeddings for this batch's grid, resampled only when allowed."""
+        p = self.cfg.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        if grid == (self.cfg.grid_size, self.cfg.grid_size):
+            return self.pos_embed
+        if not interpolate_pos:
+            s = self.cfg.image_size
+            raise ValueError(
+                f"image size {images.shape[-2]}x{images.shape[-1]} gives a {grid[0]}x{grid[1]} patch grid, but the "
+                f"position embeddings cover {self.cfg.grid_size}x{self.cfg.grid_size} (image_size {s}): "
+                f"resize the image to {s}x{s}, or pass interpolate_pos=True to resample the positions"
+            )
+        return resample_pos_embed(self.pos_embed, grid)
+
+    def forward_features(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
+        """All tokens after the final norm: (B, C, H, W) -> (B, N, D); with `return_attention`, also a list of
+        `depth` weight tensors (B, h, N, N)."""
+        x = self.patch_embed(images)  # (B, P, D)
+        pos = self.positions_for(images, interpolate_pos)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = self.pos_drop(torch.cat([cls, x], dim=1) + pos)  # (B, N, D)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, return_attention)
+            attentions.append(weights)
+        x = self.norm(x)
+        return (x, attentions) if return_attention else x
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
+        """The CLS token: (B, C, H, W) -> (B, D) (and the attention list when asked for)."""
+        out = self.forward_features(images, return_attention, interpolate_pos)
+        if return_attention:
+            return out[0][:, 0], out[1]
+        return out[:, 0]  # (B, D)
+
+
+class VisionEncoder(VisionTransformer):
+    """The chapter's vision encoder: the CLS token through a bias-free Linear D -> E. (B, C, H, W) -> (B, E)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__(cfg)
+        self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
+        nn.init.trunc_normal_(self.projector.weight, std=0.02)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
+        """(B, C, H, W) -> (B, E); with `return_attention`, (embedding, [(B, h, N, N)] * depth)."""
+        out = super().forward(images, return_attention, interpolate_pos)
+        if return_attention:
+            return self.projector(out[0]), out[1]
+        return self.projector(out)  # (B, E)
+
+    def encode_image(self, images: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
+        """L2-normalised image embeddings, as the contrastive loss compares them. (B, C, H, W) -> (B, E)."""
+        return F.normalize(self(images, interpolate_pos=interpolate_pos), dim=-1)
+
+
+def param_report(model: nn.Module) -> list[tuple[str, int]]:
+    """Parameters per component of a VisionTransformer/VisionEncoder, ending with the total."""
+    rows = [
+        ("patch embedding", _count(model.patch_embed)),
+        ("CLS token", model.cls_token.numel()),
+        ("position embeddings", model.pos_embed.numel()),
+    ]
+    rows += [(f"block {i + 1}", _count(block)) for i, block in enumerate(model.blocks)]
+    rows.append(("final norm", _count(model.norm)))
+    if hasattr(model, "projector"):
+        rows.append(("projector", _count(model.projector)))
+    total = _count(model)
+    if sum(n for _, n in rows) != total:
+        raise ValueError("param_report: the model has parameters outside the known components")
+    rows.append(("total", total))
+    return rows
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
