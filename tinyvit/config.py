@@ -131,3 +131,70 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The caption side: SentencePiece vocabulary, context length, and the text encoder's shape."""
+
+    vocab_size: int = 256
+    context_length: int = 32  # tokens per caption, BOS and EOS included; longer captions are truncated
+    kind: str = "mean"  # "mean": the chapter's mean-pooled token embeddings; "transformer": a small encoder
+    dim: int = 128
+    depth: int = 2  # transformer kind only
+    heads: int = 2  # transformer kind only
+    mlp_dim: int = 512  # transformer kind only
+    dropout: float = 0.0
+    out_dim: int = 256  # the shared image-text embedding size E; must equal ViTConfig.out_dim
+
+    def __post_init__(self):
+        if self.kind not in ("mean", "transformer"):
+            raise ValueError(f"TextConfig.kind must be 'mean' or 'transformer', got {self.kind!r}")
+        for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "out_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"TextConfig.{name} must be a positive integer, got {value!r}")
+        if self.context_length < 3:
+            raise ValueError(f"context_length must leave room for BOS, one token and EOS (>= 3), got {self.context_length}")
+        if self.dim % self.heads:
+            raise ValueError(f"TextConfig dim {self.dim} is not divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TextConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimiser, schedule, batch, evaluation cadence, seed, device."""
+
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0  # the temperature is clamped at 1/100, as in CLIP
+    eval_every: int = 100
+    seed: int = 0
+    device: str = "cpu"  # "auto" picks a GPU when one is present
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2: contrastive learning needs negatives in the batch")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data)
