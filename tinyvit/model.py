@@ -14,6 +14,12 @@ from .config import ViTConfig
 from .patches import PatchEmbed
 
 
+def trunc_normal(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """Normal(0, std) cut at two standard deviations. (`nn.init.trunc_normal_`'s own bounds are -2 and 2 in
+    absolute units, which for std 0.02 cut nothing.)"""
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv Linear. (B, N, D) -> (B, N, D)."""
 
@@ -109,11 +115,11 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """ViT-style init: trunc-normal(0.02) for CLS, positions and Linear weights; Xavier for the patch
         embedding (as a flat Linear); zero biases; LayerNorms at identity."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        trunc_normal(self.pos_embed)
+        trunc_normal(self.cls_token)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                trunc_normal(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
@@ -166,7 +172,7 @@ class VisionEncoder(VisionTransformer):
     def __init__(self, cfg: ViTConfig):
         super().__init__(cfg)
         self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
-        nn.init.trunc_normal_(self.projector.weight, std=0.02)
+        trunc_normal(self.projector.weight)
 
     def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
         """(B, C, H, W) -> (B, E); with `return_attention`, (embedding, [(B, h, N, N)] * depth)."""

@@ -1,0 +1,214 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from tinyvit import Attention, Block, ViTConfig, VisionEncoder, VisionTransformer, param_report, resample_pos_embed
+from tinyvit.patches import patchify
+
+SMALL = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def chapter_model():
+    torch.manual_seed(0)
+    return VisionEncoder(ViTConfig()).eval()
+
+
+def test_every_shape_the_chapter_states(chapter_model):
+    m, cfg = chapter_model, ViTConfig()
+    images = torch.randn(2, 3, 224, 224)  # step 1: (3, 224, 224) per image
+    assert images[0].numel() == 150_528
+    assert patchify(images, cfg.patch_size).shape == (2, 196, 768)  # step 2
+    with torch.no_grad():
+        patches = m.patch_embed(images)
+        assert patches.shape == (2, 196, 128)  # step 3
+        tokens = m.forward_features(images)
+        assert tokens.shape == (2, 197, 128)  # steps 4-5
+        cls = m.forward_features(images)[:, 0]
+        assert cls.shape == (2, 128)  # step 6
+        emb = m(images)
+        assert emb.shape == (2, 256)  # step 7
+        torch.testing.assert_close(emb, m.projector(cls))
+
+
+def test_return_attention_contract(chapter_model):
+    with torch.no_grad():
+        emb, attentions = chapter_model(torch.randn(2, 3, 224, 224), return_attention=True)
+    assert emb.shape == (2, 256)
+    assert len(attentions) == 4
+    for weights in attentions:
+        assert weights.shape == (2, 2, 197, 197)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 197))
+        assert (weights >= 0).all()
+
+
+def test_explicit_and_fused_attention_agree():
+    attn = Attention(SMALL).eval()
+    x = torch.randn(3, 17, SMALL.dim)
+    fast, none = attn(x)
+    explicit, weights = attn(x, return_attention=True)
+    assert none is None and weights.shape == (3, 4, 17, 17)
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_written_out_by_hand():
+    attn = Attention(SMALL).eval()
+    x = torch.randn(1, 5, SMALL.dim)
+    D, h = SMALL.dim, SMALL.heads
+    Dh = D // h
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(D, dim=-1)
+    heads = []
+    for i in range(h):
+        s = slice(i * Dh, (i + 1) * Dh)
+        scores = q[0, :, s] @ k[0, :, s].T / Dh**0.5
+        heads.append(torch.softmax(scores, dim=-1) @ v[0, :, s])
+    expected = torch.cat(heads, dim=-1) @ attn.proj.weight.T + attn.proj.bias
+    torch.testing.assert_close(attn(x)[0][0], expected, atol=1e-5, rtol=1e-5)
+
+
+def closed_form_params(cfg: ViTConfig) -> dict[str, int]:
+    D, M = cfg.dim, cfg.mlp_dim
+    block = 2 * (2 * D) + (D * 3 * D + 3 * D) + (D * D + D) + (D * M + M) + (M * D + D)
+    parts = {
+        "patch embedding": cfg.patch_dim * D + D,
+        "CLS token": D,
+        "position embeddings": cfg.num_tokens * D,
+        "blocks": cfg.depth * block,
+        "final norm": 2 * D,
+        "projector": D * cfg.out_dim,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+@pytest.mark.parametrize("cfg", [ViTConfig(), SMALL])
+def test_parameter_counts_match_the_closed_form(cfg):
+    report = dict(param_report(VisionEncoder(cfg)))
+    expected = closed_form_params(cfg)
+    for name in ("patch embedding", "CLS token", "position embeddings", "final norm", "projector", "total"):
+        assert report[name] == expected[name], name
+    assert sum(report[f"block {i + 1}"] for i in range(cfg.depth)) == expected["blocks"]
+    assert report["total"] == sum(p.numel() for p in VisionEncoder(cfg).parameters())
+
+
+def test_param_report_rows_in_order():
+    names = [name for name, _ in param_report(VisionTransformer(SMALL))]
+    assert names == ["patch embedding", "CLS token", "position embeddings", "block 1", "block 2", "final norm", "total"]
+
+
+def reference_encoder(model: VisionTransformer) -> nn.TransformerEncoder:
+    """The source system's design: PyTorch's own pre-norm encoder layers, weights copied from tinyvit's blocks."""
+    cfg = model.cfg
+    layer = nn.TransformerEncoderLayer(
+        cfg.dim, cfg.heads, cfg.mlp_dim, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    ref = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+    with torch.no_grad():
+        for mine, theirs in zip(model.blocks, ref.layers):
+            theirs.norm1.load_state_dict(mine.norm1.state_dict())
+            theirs.norm2.load_state_dict(mine.norm2.state_dict())
+            theirs.self_attn.in_proj_weight.copy_(mine.attn.qkv.weight)
+            theirs.self_attn.in_proj_bias.copy_(mine.attn.qkv.bias)
+            theirs.self_attn.out_proj.load_state_dict(mine.attn.proj.state_dict())
+            theirs.linear1.load_state_dict(mine.mlp.fc1.state_dict())
+            theirs.linear2.load_state_dict(mine.mlp.fc2.state_dict())
+    return ref.eval()
+
+
+@pytest.mark.parametrize("cfg", [ViTConfig(), SMALL])
+def test_blocks_match_torch_transformer_encoder_layers(cfg):
+    model = VisionTransformer(cfg).eval()
+    ref = reference_encoder(model)
+    images = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        x = torch.cat([model.cls_token.expand(2, -1, -1), model.patch_embed(images)], dim=1) + model.pos_embed
+        expected = model.norm(ref(x))
+        torch.testing.assert_close(model.forward_features(images), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_block_is_pre_norm_residual():
+    block = Block(SMALL).eval()
+    x = torch.randn(2, 5, SMALL.dim)
+    y = x + block.attn(block.norm1(x))[0]
+    y = y + block.mlp(block.norm2(y))
+    torch.testing.assert_close(block(x)[0], y)
+
+
+def test_every_parameter_gets_a_gradient():
+    model = VisionEncoder(SMALL)
+    model(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_same_seed_same_model_and_output():
+    images = torch.randn(2, 3, 32, 32)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        outs.append(VisionEncoder(SMALL).eval()(images))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_dropout_only_in_training():
+    model = VisionEncoder(SMALL)
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(model(images), model(images), rtol=0, atol=0)
+    model.train()
+    assert not torch.equal(model(images), model(images))
+
+
+def test_init_is_vit_style():
+    model = VisionEncoder(ViTConfig())
+    assert 0.01 < model.pos_embed.std().item() < 0.03
+    assert model.pos_embed.abs().max().item() <= 2 * 0.02 + 1e-6  # truncated at two standard deviations
+    assert 0.01 < model.blocks[0].mlp.fc1.weight.std().item() < 0.03
+    assert torch.count_nonzero(model.blocks[0].attn.qkv.bias) == 0
+    assert torch.equal(model.norm.weight, torch.ones(128))
+    assert model.projector.bias is None
+
+
+def test_resampling_to_the_same_grid_is_the_identity():
+    pos = torch.randn(1, 197, 8)
+    assert resample_pos_embed(pos, (14, 14)) is pos
+
+
+def test_resampling_keeps_cls_and_smooth_fields():
+    # A position field that is a linear ramp over the grid stays (nearly) a ramp after resampling.
+    g, new = 4, 8
+    ramp = torch.linspace(0, 1, g).repeat(g, 1)  # (g, g), varies along columns
+    pos = torch.cat([torch.full((1, 1, 1), 7.0), ramp.reshape(1, g * g, 1)], dim=1)
+    out = resample_pos_embed(pos, (new, new))
+    assert out.shape == (1, 1 + new * new, 1)
+    assert out[0, 0, 0].item() == 7.0
+    grid = out[0, 1:, 0].view(new, new)
+    assert torch.all(grid[:, 1:] >= grid[:, :-1] - 1e-3)  # still increasing left to right
+    torch.testing.assert_close(grid[:, 0], grid[0, 0].expand(new))  # constant down each column
+
+
+def test_other_image_sizes_need_interpolate_pos():
+    model = VisionEncoder(SMALL).eval()
+    with pytest.raises(ValueError, match=r"gives a 6x6 patch grid, but the position embeddings cover 4x4.*interpolate_pos=True"):
+        model(torch.randn(1, 3, 48, 48))
+    assert model(torch.randn(1, 3, 48, 48), interpolate_pos=True).shape == (1, SMALL.out_dim)
+    assert model.forward_features(torch.randn(1, 3, 48, 24), interpolate_pos=True).shape == (1, 1 + 18, SMALL.dim)
+
+
+def test_bad_inputs_reach_the_model_as_clear_errors():
+    model = VisionEncoder(SMALL)
+    with pytest.raises(ValueError, match="expected 3 channels, got 4"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by patch size 8"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="expected a float tensor"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+    with pytest.raises(ValueError, match="dim 32 is not divisible by heads 3"):
+        VisionEncoder(dataclasses.replace(SMALL, heads=3))
+
+
+def test_encode_image_is_unit_length():
+    emb = VisionEncoder(SMALL).eval().encode_image(torch.randn(3, 3, 32, 32))
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
