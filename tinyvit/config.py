@@ -179,7 +179,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0  # the temperature is clamped at 1/100, as in CLIP
-    eval_every: int = 100
+    eval_every: int = 100  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
     seed: int = 0
     device: str = "cpu"  # "auto" picks a GPU when one is present
 
@@ -187,6 +188,11 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2: contrastive learning needs negatives in the batch")
         if self.device not in ("auto", "cpu", "cuda", "mps"):

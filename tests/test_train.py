@@ -1,0 +1,177 @@
+import argparse
+import dataclasses
+import math
+import os
+
+import pytest
+import torch
+
+from tinyvit.config import TextConfig, TrainConfig, ViTConfig
+from tinyvit.contrastive import CLIP, clip_batch_loss
+from tinyvit.train import (
+    check_configs, fit, load_checkpoint, load_model, lr_at, param_groups, resolve_device, save_checkpoint,
+)
+
+VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, out_dim=16, dropout=0.1)
+TEXT = TextConfig(vocab_size=40, context_length=8, dim=32, out_dim=16, dropout=0.1)
+CFG = TrainConfig(steps=12, batch_size=8, lr=3e-3, warmup_steps=3, eval_every=0, seed=1)
+
+
+def paired_data(n: int = 32, size: int = 16, seed: int = 0):
+    """n random images, each with its own random caption tokens (BOS, 3 words, EOS)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g)
+    words = torch.randint(4, TEXT.vocab_size, (n, 3), generator=g)
+    toks = torch.zeros(n, TEXT.context_length, dtype=torch.long)
+    toks[:, 0], toks[:, 1:4], toks[:, 4] = 2, words, 3
+    return images, toks
+
+
+def batch_source(images, toks, batch_size, seed=0):
+    """A pure function of the step, as fit expects: a seeded random batch."""
+    def batches(step):
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed * 100003 + step))[:batch_size]
+        return images[idx], toks[idx]
+    return batches
+
+
+def tiny_clip(vision=VISION):
+    torch.manual_seed(0)
+    return CLIP(vision, TEXT)
+
+
+def test_short_run_lowers_the_loss_and_records_history():
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    cfg = dataclasses.replace(CFG, steps=30, eval_every=10)
+    calls = []
+    history = fit(model, clip_batch_loss, lambda step: (images, toks), cfg, progress=False,
+                  evaluate=lambda m: calls.append(m.training) or {"score": 1.0})
+    assert history["step"] == list(range(1, 31))
+    assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
+    assert len(history["temperature"]) == 30 and all(0.01 <= t <= 1 for t in history["temperature"])
+    assert history["eval"] == [{"step": 10, "score": 1.0}, {"step": 20, "score": 1.0}, {"step": 30, "score": 1.0}]
+    assert calls == [False, False, False]  # evaluated in eval mode
+    assert model.training  # and back to training afterwards
+    assert history["time"] == sorted(history["time"])
+
+
+def test_chapter_224_patch16_config_learns_in_a_few_steps():
+    vision = ViTConfig(out_dim=16)  # the chapter's ViT-Tiny: 224x224, patch 16, 197 tokens
+    images, toks = paired_data(8, size=224)
+    model = tiny_clip(vision)
+    history = fit(model, clip_batch_loss, lambda step: (images, toks),
+                  dataclasses.replace(CFG, steps=6, warmup_steps=1, lr=1e-3), progress=False)
+    assert history["loss"][-1] < history["loss"][0] - 0.2
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine():
+    cfg = TrainConfig(steps=110, lr=1e-3, warmup_steps=10)
+    assert [lr_at(s, cfg) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(0.5e-3)  # halfway through the decay
+    assert lr_at(35, cfg) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(109, cfg) < 1e-6
+    lrs = [lr_at(s, cfg) for s in range(10, 110)]
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_temperature():
+    model = tiny_clip()
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {"logit_scale", "visual.cls_token", "visual.pos_embed", "visual.norm.weight"} <= skipped
+    assert "visual.blocks.0.attn.qkv.weight" in decayed and "visual.projector.weight" in decayed
+    assert not any(n.endswith("bias") for n in decayed)
+    assert not any(isinstance(m, torch.nn.Embedding) and id(m.weight) in {id(p) for p in decay["params"]}
+                   for m in model.modules())
+    assert len(decayed) + len(skipped) == len(list(model.parameters()))
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    fit(model, clip_batch_loss, lambda step: (images, toks), dataclasses.replace(CFG, steps=3), progress=False,
+        checkpoint_path=tmp_path / "ckpt.pt", extra_state={"configs": model.configs(), "tokenizer": b"\x00proto\xff"})
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 3 and ckpt["tokenizer"] == b"\x00proto\xff" and ckpt["configs"] == model.configs()
+    assert ckpt["train_config"]["steps"] == 3
+    fresh = load_model(tiny_clip(), ckpt, configs=model.configs())
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(images, toks), model(images, toks), rtol=0, atol=0)
+    # every object in it loads under weights_only=True, without tinyvit's help
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["format"] == "tinyvit-checkpoint"
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    images, toks = paired_data(32)
+    batches = batch_source(images, toks, CFG.batch_size)
+    whole = fit(tiny_clip(), clip_batch_loss, batches, CFG, progress=False)
+    model = tiny_clip()
+    extra = {"configs": model.configs()}
+    first = fit(model, clip_batch_loss, batches, CFG, until=5, checkpoint_path=tmp_path / "c.pt", extra_state=extra,
+                progress=False)
+    assert first["step"] == [1, 2, 3, 4, 5]
+    torch.manual_seed(123)  # whatever happened in between must not matter
+    resumed = fit(tiny_clip(), clip_batch_loss, batches, CFG, resume=tmp_path / "c.pt", extra_state=extra,
+                  progress=False)
+    assert resumed["step"] == list(range(1, 13))
+    assert resumed["loss"] == whole["loss"]  # exactly, dropout included
+    assert resumed["temperature"] == whole["temperature"]
+
+
+def test_resume_into_a_different_config_names_each_mismatch(tmp_path):
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    fit(model, clip_batch_loss, lambda s: (images, toks), dataclasses.replace(CFG, steps=2), progress=False,
+        checkpoint_path=tmp_path / "c.pt", extra_state={"configs": model.configs()})
+    other = CLIP(dataclasses.replace(VISION, depth=3, mlp_dim=128), TEXT)
+    with pytest.raises(ValueError) as err:
+        fit(other, clip_batch_loss, lambda s: (images, toks), CFG, resume=tmp_path / "c.pt",
+            extra_state={"configs": other.configs()}, progress=False)
+    assert "vision.depth: expected 3, found 2" in str(err.value)
+    assert "vision.mlp_dim: expected 128, found 64" in str(err.value)
+    with pytest.raises(ValueError, match="text.kind: expected 'transformer', found 'mean'"):
+        check_configs({"text": {"kind": "transformer"}}, {"text": {"kind": "mean"}})
+
+
+def test_atomic_save_leaves_no_temp_file_and_a_failed_write_keeps_the_old_checkpoint(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(path, step=1, weights=torch.ones(3))
+    assert os.listdir(path.parent) == ["checkpoint.pt"]
+    with pytest.raises(Exception):
+        save_checkpoint(path, step=2, weights=torch.zeros(3), bad=lambda: None)  # a lambda cannot be pickled
+    assert os.listdir(path.parent) == ["checkpoint.pt"]
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 1 and torch.equal(ckpt["weights"], torch.ones(3))
+
+
+def test_load_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt is not a readable tinyvit checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="foreign.pt is not a tinyvit checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_with_code_in_it_is_refused_by_weights_only(tmp_path):
+    torch.save({"format": "tinyvit-checkpoint", "version": 1, "obj": argparse.Namespace(a=1)},
+               tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a readable tinyvit checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or mps, got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")

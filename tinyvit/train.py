@@ -1,0 +1,268 @@
+"""A small training loop that knows nothing about ViTs: a model, a loss function and a batch source.
+
+`fit` runs AdamW with a linear warm-up then a cosine decay, clips gradients, shows a progress bar, evaluates now
+and then through a callback, and saves checkpoints that resume exactly. The batch source is a function of the
+step number (`batches(step) -> batch`), so a resumed run sees the very batches the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pickle
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, seed_everything
+
+FORMAT = "tinyvit-checkpoint"
+FORMAT_VERSION = 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA, then Apple's MPS, else the CPU; a named device that is missing is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU (use --device auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for, but this torch build has no usable MPS backend")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for 0-based `step`: linear warm-up to cfg.lr over cfg.warmup_steps, then cosine to 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay only on the weights of Linear and Conv layers; never on biases, norms, embedding tables,
+    CLS/position tokens or the temperature, which are offsets and scales rather than maps to shrink."""
+    decay_ids = {
+        id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.requires_grad
+    }
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decay_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
+    ]
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); None (plain fp32) elsewhere: the CPU is the
+    reference path."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside a (nested) tuple/list/dict batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel/DataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batches: Callable[[int], Any],
+    cfg: TrainConfig,
+    *,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    checkpoint_path: str | Path | None = None,
+    extra_state: dict[str, Any] | None = None,
+    resume: str | Path | dict | None = None,
+    until: int | None = None,
+    progress: bool = True,
+) -> dict[str, list]:
+    """Train `model` for cfg.steps steps of `loss_fn(model, batches(step))`; return the history for plotting.
+
+    evaluate(model) -> {name: value} runs every cfg.eval_every steps and at the end (eval mode, no grad).
+    checkpoint_path gets a checkpoint every cfg.checkpoint_every steps (if > 0) and at the end; extra_state
+    (e.g. {"configs": ..., "tokenizer": bytes}) rides along, and its "configs" must match a `resume` checkpoint's.
+    `until` stops early at that step while keeping the cfg.steps schedule, so a resumed run continues it.
+    History: lists "step", "loss", "lr", "time" (seconds), "temperature" (if the model has a logit_scale),
+    and "eval" (a list of {"step": s, **results}).
+    """
+    device = resolve_device(cfg.device)
+    core = unwrap(model)
+    extra_state = dict(extra_state or {})
+    until = cfg.steps if until is None else min(until, cfg.steps)
+    model.to(device)
+    optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    amp_dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    history: dict[str, list] = {"step": [], "loss": [], "lr": [], "time": [], "eval": []}
+    if hasattr(core, "logit_scale"):
+        history["temperature"] = []
+    start, elapsed = 0, 0.0
+    if resume is not None:
+        ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        if "configs" in extra_state:
+            check_configs(extra_state["configs"], ckpt.get("configs", {}))
+        core.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start, history = ckpt["step"], ckpt["history"]
+        elapsed = history["time"][-1] if history["time"] else 0.0
+        set_rng_state(ckpt["rng"], device)
+    else:
+        seed_everything(cfg.seed)
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            checkpoint_path, model=core.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+            step=step, history=history, rng=get_rng_state(device), train_config=cfg.to_dict(), **extra_state,
+        )
+
+    def run_eval(step: int) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            history["eval"].append({"step": step, **evaluate(core)})
+        model.train(was_training)
+
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(range(start, until), initial=start, total=until, disable=not progress, desc="train")
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = to_device(batches(step), device)
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with autocast:
+            loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if hasattr(core, "clamp_logit_scale"):
+            core.clamp_logit_scale(cfg.max_logit_scale)
+        done = step + 1
+        history["step"].append(done)
+        history["loss"].append(loss.item())
+        history["lr"].append(lr)
+        history["time"].append(time.perf_counter() - t0)
+        if "temperature" in history:
+            history["temperature"].append(math.exp(-core.logit_scale.item()))
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", lr=f"{lr:.1e}")
+        if evaluate is not None and (done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0)):
+            run_eval(done)
+        if checkpoint_path is not None and (done == until or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)):
+            save(done)
+    bar.close()
+    return history
+
+
+def get_rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's CPU (and CUDA) generator states and Python's `random` state, so dropout repeats after a resume."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> Path:
+    """Write `state` (tensors, dicts, lists, numbers, strings, bytes) atomically: into a temp file in the same
+    folder, then os.replace, so a crash mid-write never leaves a half-written checkpoint under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with torch.load(weights_only=True): plain data only, no code runs on loading."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable tinyvit checkpoint: {first}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a tinyvit checkpoint (no '{FORMAT}' marker); was it saved by tinyvit.train?")
+    if ckpt.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format version {ckpt.get('version')}, expected {FORMAT_VERSION}")
+    return ckpt
+
+
+def check_configs(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> None:
+    """Raise a ValueError naming every field where two nested config dicts differ (expected vs found)."""
+    problems = _config_diff(expected, found, prefix)
+    if problems:
+        raise ValueError("checkpoint config does not match the model: " + "; ".join(problems))
+
+
+def _config_diff(expected: Any, found: Any, prefix: str) -> list[str]:
+    if isinstance(expected, dict) and isinstance(found, dict):
+        out = []
+        for key in list(expected) + [k for k in found if k not in expected]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in found:
+                out.append(f"{name}: expected {expected[key]!r}, found nothing")
+            elif key not in expected:
+                out.append(f"{name}: expected nothing, found {found[key]!r}")
+            else:
+                out += _config_diff(expected[key], found[key], name)
+        return out
+    return [] if expected == found else [f"{prefix}: expected {expected!r}, found {found!r}"]
+
+
+def load_model(model: nn.Module, ckpt: dict[str, Any], configs: dict[str, Any] | None = None) -> nn.Module:
+    """Load a checkpoint's weights into `model` after checking `configs` against the checkpoint's ("configs")."""
+    if configs is not None:
+        check_configs(configs, ckpt.get("configs", {}))
+    unwrap(model).load_state_dict(ckpt["model"])
+    return model
