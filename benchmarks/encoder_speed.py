@@ -1,0 +1,116 @@
+"""Encoder throughput: tinyvit's VisionEncoder against a peer built from torch.nn.TransformerEncoderLayer.
+
+The peer is how the source system builds its encoder (pre-norm, GELU, dropout 0.1 everywhere, including on the
+attention probabilities); in eval mode PyTorch runs it through its fused "fast path" kernels. The two models are
+timed round by round, interleaved, because this machine's speed drifts 2-3x over tens of seconds: only the
+per-round ratio is meaningful. Also prints tinyvit's achieved GFLOP/s as a fraction of the measured fp32 matmul rate.
+
+    python benchmarks/encoder_speed.py [--rounds 7] [--batch 64] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from tinyvit import ViTConfig, VisionEncoder, forward_flops
+
+
+class PeerEncoder(nn.Module):
+    """The same ViT-Tiny, its blocks from nn.TransformerEncoderLayer(norm_first=True, activation="gelu")."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, cfg.mlp_dim, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
+
+    def forward(self, images):
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, N, D)
+        return self.projector(self.norm(self.blocks(x))[:, 0])  # (B, E)
+
+
+def time_call(fn, repeats: int) -> float:
+    """Seconds per call, best of `repeats` (after the caller's warm-up)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / time_call(lambda: a @ b, repeats) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per model per round (best is kept)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ViTConfig()
+    images = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
+    models = {"tinyvit": VisionEncoder(cfg), "peer": PeerEncoder(cfg)}
+    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+
+    def infer(m):
+        m.eval()
+        with torch.inference_mode():
+            m(images)
+
+    def train_step(name):
+        m = models[name].train()
+        loss = m(images).square().mean()
+        optims[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optims[name].step()
+
+    for name, m in models.items():  # warm-up
+        infer(m)
+        train_step(name)
+
+    flops = forward_flops(cfg)["total"]
+    rows = {"infer": [], "train": [], "tinyvit_gflops": [], "matmul_gflops": []}
+    print(f"batch {args.batch}, {cfg.image_size}x{cfg.image_size}, {args.threads} threads, {args.rounds} rounds")
+    for r in range(args.rounds):
+        t_inf = {name: time_call(lambda m=m: infer(m), args.repeats) for name, m in models.items()}
+        t_train = {name: time_call(lambda n=name: train_step(n), 1) for name in models}
+        peak = matmul_gflops()
+        rows["infer"].append(t_inf["peer"] / t_inf["tinyvit"])
+        rows["train"].append(t_train["peer"] / t_train["tinyvit"])
+        achieved = flops * args.batch / t_inf["tinyvit"] / 1e9
+        rows["tinyvit_gflops"].append(achieved)
+        rows["matmul_gflops"].append(peak)
+        print(
+            f"round {r + 1}: inference {args.batch / t_inf['tinyvit']:6.1f} vs {args.batch / t_inf['peer']:6.1f} img/s"
+            f" | training {args.batch / t_train['tinyvit']:5.1f} vs {args.batch / t_train['peer']:5.1f} img/s"
+            f" | tinyvit {achieved:5.1f} GFLOP/s, matmul peak {peak:5.1f} GFLOP/s"
+        )
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    fraction = statistics.median(a / p for a, p in zip(rows["tinyvit_gflops"], rows["matmul_gflops"]))
+    print()
+    print(f"median inference speed ratio tinyvit / peer: {med['infer']:.2f}x  (target >= 1.0)")
+    print(f"median training  speed ratio tinyvit / peer: {med['train']:.2f}x  (target >= 1.5)")
+    print(f"tinyvit inference: {med['tinyvit_gflops']:.1f} GFLOP/s = {fraction:.0%} of the matmul rate "
+          f"({med['matmul_gflops']:.1f} GFLOP/s)  (target >= 80%)")
+
+
+if __name__ == "__main__":
+    main()
