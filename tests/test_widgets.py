@@ -1,0 +1,84 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from tinyvit import ViTConfig, VisionEncoder
+from tinyvit.checks import QUESTIONS
+from tinyvit.widgets import (AttentionExplorer, PatchExplorer, Quiz, divisors_between, format_bytes, patch_facts,
+                             quiz_panel)
+
+PNG = b"\x89PNG"
+
+
+def test_patch_facts_for_the_chapter_config():
+    facts = patch_facts(224, 16)
+    assert facts == {"grid": 14, "patches": 196, "tokens": 197, "patch_dim": 768, "entries": 38_809,
+                     "bytes": 155_236}
+    assert patch_facts(224, 16, heads=2)["entries"] == 2 * 197**2
+    with pytest.raises(ValueError, match="224 is not a multiple of patch_size 15"):
+        patch_facts(224, 15)
+
+
+def test_helpers():
+    assert divisors_between(224, 4, 56) == [4, 7, 8, 14, 16, 28, 32, 56]
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(196**2 * 4) == "150.1 KiB"
+    assert format_bytes(50_176**2 * 4) == "9.4 GiB"
+
+
+def test_patch_explorer_follows_the_slider():
+    explorer = PatchExplorer(torch.rand(3, 224, 224))
+    assert list(explorer.slider.options) == [4, 7, 8, 14, 16, 28, 32, 56]
+    assert "196 patches" in explorer.info.value and "197 tokens" in explorer.info.value
+    first_picture = bytes(explorer.picture.value)
+    assert bytes(first_picture).startswith(PNG)
+    explorer.set_patch_size(32)
+    assert "49 patches" in explorer.info.value and "50 tokens" in explorer.info.value
+    assert "2,500 entries" in explorer.info.value and "9.8 KiB" in explorer.info.value
+    assert bytes(explorer.picture.value) != first_picture
+    explorer.slider.value = 4  # as a drag in the browser would
+    assert "3,136 patches" in explorer.info.value and "9,840,769 entries" in explorer.info.value
+    assert not plt.get_fignums()  # the figures went into the widget, none left open for the notebook
+    with pytest.raises(ValueError, match="patch size 5 is not one of"):
+        explorer.set_patch_size(5)
+
+
+def test_patch_explorer_rejects_bad_images_and_sizes():
+    with pytest.raises(ValueError, match="square image, got 32x48"):
+        PatchExplorer(torch.rand(3, 32, 48))
+    with pytest.raises(ValueError, match="must divide 32"):
+        PatchExplorer(torch.rand(3, 32, 32), sizes=[4, 5], value=4)
+
+
+def test_attention_explorer_shows_the_chosen_query():
+    cfg = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64)
+    model = VisionEncoder(cfg).eval()
+    image = torch.rand(3, 32, 32)
+    _, attentions = model(image[None], return_attention=True)
+    explorer = AttentionExplorer(image, attentions, cfg.patch_size)
+    assert "query = CLS" in explorer.info.value
+    explorer.select(1, 1, 5)
+    assert "layer 1, head 1, query = patch 4" in explorer.info.value
+    torch.testing.assert_close(explorer.current(), attentions[1][0, 1, 5, 1:].detach())
+    assert bytes(explorer.picture.value).startswith(PNG)
+    with pytest.raises(ValueError, match="does not fit a 2x2 grid"):
+        AttentionExplorer(image, attentions, 16)
+
+
+def test_quiz_gives_feedback_for_right_and_wrong_answers():
+    question = QUESTIONS[2]  # how many patches?
+    quiz = Quiz(question)
+    assert not quiz.check() and "pick an option" in quiz.feedback.value
+    assert not quiz.choose(2)
+    assert "Not quite" in quiz.feedback.value and "CLS" in quiz.feedback.value
+    assert quiz.choose(question.answer)
+    assert "Correct" in quiz.feedback.value and "green" in quiz.feedback.value
+    quiz.choose(0)
+    quiz.button.click()  # the button runs the same check
+    assert "Not quite" in quiz.feedback.value
+    panel = quiz_panel(QUESTIONS)
+    assert len(panel.children) == 5 and all(isinstance(q, Quiz) for q in panel.children)

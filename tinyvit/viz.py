@@ -1,0 +1,216 @@
+"""Figures and small tables for the course: patch grids, position similarity, attention, costs, curves.
+
+Every figure function draws with pyplot and returns the `matplotlib.figure.Figure`, so a notebook cell can end
+with `plt.show()` and a test can inspect the axes. Images are (C, H, W) tensors with values in [0, 1].
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) tensor in [0, 1] -> (H, W, C) array for `imshow` (grey for C == 1)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"expected one image as a (C, H, W) tensor, got {shape}")
+    array = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (H, W, C)
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def show_patch_grid(image: torch.Tensor, patch_size: int, numbers: bool = False, ax=None, title: str | None = None):
+    """The image with the patch grid drawn on it; `numbers` writes each patch's index (row-major order)."""
+    _, H, W = image.shape
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"image size {H}x{W} is not divisible by patch size {patch_size}")
+    fig, ax = _figure_and_axes(ax, (5, 5))
+    ax.imshow(to_numpy_image(image), cmap="gray")
+    for edge in range(0, W + 1, patch_size):
+        ax.axvline(edge - 0.5, color="white", lw=0.8 if W // patch_size <= 32 else 0.3)
+    for edge in range(0, H + 1, patch_size):
+        ax.axhline(edge - 0.5, color="white", lw=0.8 if H // patch_size <= 32 else 0.3)
+    if numbers:
+        cols = W // patch_size
+        for index in range((H // patch_size) * cols):
+            row, col = divmod(index, cols)
+            ax.text((col + 0.5) * patch_size, (row + 0.5) * patch_size, str(index), ha="center", va="center",
+                    fontsize=6, color="yellow")
+    gh, gw = H // patch_size, W // patch_size
+    ax.set_title(title or f"{patch_size}x{patch_size} patches: {gh}x{gw} = {gh * gw}")
+    ax.set_axis_off()
+    return fig
+
+
+def show_patches(patches: torch.Tensor, patch_size: int, channels: int = 3, ncols: int = 14, count: int | None = None):
+    """Flat patches (P, C*p*p), flattened channel-first, drawn as tiles in token order with their index."""
+    if patches.ndim != 2 or patches.shape[1] != channels * patch_size**2:
+        raise ValueError(f"expected patches of shape (P, {channels * patch_size ** 2}), got {tuple(patches.shape)}")
+    count = patches.shape[0] if count is None else min(count, patches.shape[0])
+    nrows = math.ceil(count / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.6, nrows * 0.75 + 0.4), squeeze=False, layout="constrained")
+    for index, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if index < count:
+            tile = patches[index].reshape(channels, patch_size, patch_size)  # (C, p, p)
+            ax.imshow(to_numpy_image(tile), cmap="gray")
+            ax.set_title(str(index), fontsize=6)
+    fig.suptitle(f"the first {count} patches, in the order the transformer reads them", fontsize=9)
+    return fig
+
+
+def show_pos_similarity(similarity: torch.Tensor, grid: int, title: str = "position embeddings: cosine similarity"):
+    """The ViT paper's position figure: for each patch position (a tile), its similarity to every position.
+
+    similarity: (P, P) with P = grid * grid; tile (r, c) is row r * grid + c reshaped to (grid, grid).
+    """
+    P = grid * grid
+    if tuple(similarity.shape) != (P, P):
+        raise ValueError(f"expected a ({P}, {P}) similarity matrix for a {grid}x{grid} grid, got {tuple(similarity.shape)}")
+    tiles = similarity.detach().float().cpu().reshape(grid, grid, grid, grid)  # (row, col, grid, grid)
+    step = grid + 1  # one blank pixel between tiles
+    canvas = np.full((grid * step - 1, grid * step - 1), np.nan)
+    for row in range(grid):
+        for col in range(grid):
+            canvas[row * step:row * step + grid, col * step:col * step + grid] = tiles[row, col].numpy()
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    shown = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="cosine similarity")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    ax.set_xticks([]), ax.set_yticks([])
+    return fig
+
+
+def show_attention_matrix(weights: torch.Tensor, title: str = "attention weights", ax=None):
+    """One head's (N, N) attention weights: row i is where query token i looks."""
+    if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
+        raise ValueError(f"expected one head's (N, N) attention weights, got {tuple(weights.shape)}")
+    fig, ax = _figure_and_axes(ax, (5, 4.4))
+    shown = ax.imshow(weights.detach().float().cpu().numpy(), cmap="magma")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    ax.set_xlabel("key token (0 = CLS)")
+    ax.set_ylabel("query token (0 = CLS)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def show_attention_map(image: torch.Tensor, attention: torch.Tensor, patch_size: int, ax=None,
+                       title: str | None = None, alpha: float = 0.6):
+    """A per-patch map (P,) (one query's attention over the patches, or a rollout row) drawn over the image."""
+    _, H, W = image.shape
+    gh, gw = H // patch_size, W // patch_size
+    if attention.numel() != gh * gw:
+        raise ValueError(f"expected {gh * gw} values (one per patch of a {gh}x{gw} grid), got {attention.numel()}")
+    heat = attention.detach().float().cpu().reshape(1, 1, gh, gw)  # (1, 1, gh, gw)
+    heat = F.interpolate(heat, size=(H, W), mode="nearest")[0, 0]  # (H, W)
+    fig, ax = _figure_and_axes(ax, (5, 5))
+    ax.imshow(to_numpy_image(image), cmap="gray")
+    ax.imshow(heat.numpy(), cmap="inferno", alpha=alpha)
+    ax.set_title(title or "attention over the patches", fontsize=10)
+    ax.set_axis_off()
+    return fig
+
+
+def plot_scaling(x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str = "patch size",
+                 mark: float | None = None, title: str | None = None):
+    """Several quantities against one variable, on log-log axes; `mark` draws a vertical line (e.g. p = 16)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, values in series.items():
+        if len(values) != len(x):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(x)} x positions")
+        ax.plot(x, values, marker="o", label=name)
+    if mark is not None:
+        ax.axvline(mark, color="grey", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(list(x), [str(v) for v in x])
+    ax.set_xlabel(xlabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def show_similarity(matrix: torch.Tensor, row_labels: Sequence[str] | None = None,
+                    col_labels: Sequence[str] | None = None, title: str = "similarity", ax=None):
+    """A (rows, cols) similarity heat-map, e.g. images x captions, with the values written in small cells."""
+    values = torch.as_tensor(matrix).detach().float().cpu().numpy()
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {values.shape}")
+    fig, ax = _figure_and_axes(ax, (0.5 * values.shape[1] + 2, 0.45 * values.shape[0] + 1.5))
+    shown = ax.imshow(values, cmap="viridis")
+    fig.colorbar(shown, ax=ax, fraction=0.046)
+    if values.size <= 144:
+        for (r, c), v in np.ndenumerate(values):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+    if row_labels is not None:
+        ax.set_yticks(range(values.shape[0]), row_labels, fontsize=8)
+    if col_labels is not None:
+        ax.set_xticks(range(values.shape[1]), col_labels, fontsize=8, rotation=45, ha="right")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_curves(curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
+                xlabel: str = "step", title: str | None = None):
+    """One panel per curve; each curve is a list of values (x = 0, 1, ...) or a pair (xs, ys)."""
+    if not curves:
+        raise ValueError("plot_curves needs at least one curve, got none")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (name, curve) in zip(axes.flat, curves.items()):
+        xs, ys = curve if isinstance(curve, tuple) else (range(len(curve)), curve)
+        ax.plot(list(xs), list(ys))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+class Table:
+    """A small table that renders as HTML in a notebook (and in the book) and as Markdown text elsewhere."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None):
+        for row in rows:
+            if len(row) != len(columns):
+                raise ValueError(f"row {list(row)!r} has {len(row)} cells, expected {len(columns)} ({list(columns)})")
+        self.columns, self.rows, self.title = list(columns), [list(r) for r in rows], title
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        lines = [f"**{self.title}**", ""] if self.title else []
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "---|" * len(self.columns))
+        lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    """Integers with thousands separators (as the chapter writes them), everything else as text."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    return str(value)
+
+
+def _figure_and_axes(ax, size: tuple[float, float]):
+    if ax is None:
+        return plt.subplots(figsize=size)
+    return ax.figure, ax

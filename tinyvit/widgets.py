@@ -1,0 +1,169 @@
+"""ipywidgets explorers for the notebooks: patch size, attention by layer/head/query, and quizzes.
+
+Each explorer is a `VBox` (so a notebook displays it by naming it) with a plain method that does what its
+controls do (`set_patch_size`, `select`, `choose`), so tests and notebooks can drive it without a browser.
+Pictures go into an `Image` widget as PNG bytes, so a saved notebook (and the book) keeps the last view.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+
+from . import viz
+from .checks import Question
+
+
+def patch_facts(image_size: int, patch_size: int, heads: int = 1, bytes_per_entry: int = 4) -> dict[str, int]:
+    """The arithmetic of one patch size: grid side, patches, tokens (with CLS), attention entries and bytes
+    for `heads` attention matrices of one image (fp32: 4 bytes per entry)."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    grid = image_size // patch_size
+    tokens = grid * grid + 1
+    entries = heads * tokens * tokens
+    return {"grid": grid, "patches": grid * grid, "tokens": tokens, "patch_dim": 3 * patch_size**2,
+            "entries": entries, "bytes": entries * bytes_per_entry}
+
+
+def divisors_between(n: int, low: int, high: int) -> list[int]:
+    """The divisors of n in [low, high]: the patch sizes that tile an n x n image exactly."""
+    return [d for d in range(low, high + 1) if n % d == 0]
+
+
+def format_bytes(count: int) -> str:
+    """Bytes in binary units: 153664 -> '150.1 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def figure_png(fig) -> bytes:
+    """Render a figure to PNG bytes and close it (so the notebook does not also show it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+class PatchExplorer(widgets.VBox):
+    """A slider over the patch sizes that tile the image; shows the grid, the token count and the attention
+    matrix's size and fp32 memory. image: (C, H, W) in [0, 1], square."""
+
+    def __init__(self, image: torch.Tensor, sizes: Sequence[int] | None = None, value: int = 16, heads: int = 1):
+        _, H, W = image.shape
+        if H != W:
+            raise ValueError(f"PatchExplorer expects a square image, got {H}x{W}")
+        sizes = list(sizes) if sizes is not None else divisors_between(H, 4, 56)
+        bad = [p for p in sizes if H % p]
+        if bad or value not in sizes:
+            raise ValueError(f"patch sizes must divide {H} and include the start value {value}; got {sizes}")
+        self.image, self.heads = image, heads
+        self.slider = widgets.SelectionSlider(options=sizes, value=value, description="patch size",
+                                              continuous_update=False)
+        self.info = widgets.HTML()
+        self.picture = widgets.Image(format="png", width=360)
+        self.slider.observe(lambda change: self._update(), names="value")
+        super().__init__([self.slider, self.info, self.picture])
+        self._update()
+
+    def set_patch_size(self, patch_size: int) -> None:
+        """Move the slider, as a learner would; the grid and the numbers follow."""
+        if patch_size not in self.slider.options:
+            raise ValueError(f"patch size {patch_size} is not one of {list(self.slider.options)}")
+        self.slider.value = patch_size
+
+    def _update(self) -> None:
+        p = self.slider.value
+        facts = patch_facts(self.image.shape[-1], p, self.heads)
+        head_word = "one head" if self.heads == 1 else f"{self.heads} heads"
+        self.info.value = (
+            f"<b>{p}x{p}</b> patches of {facts['patch_dim']:,} numbers: a {facts['grid']}x{facts['grid']} grid = "
+            f"<b>{facts['patches']:,} patches</b>, + CLS = <b>{facts['tokens']:,} tokens</b><br>"
+            f"attention ({head_word}): {facts['tokens']:,} x {facts['tokens']:,} = "
+            f"<b>{facts['entries']:,} entries</b> = {format_bytes(facts['bytes'])} in fp32"
+        )
+        self.picture.value = figure_png(viz.show_patch_grid(self.image, p, numbers=facts["grid"] <= 8))
+
+
+class AttentionExplorer(widgets.VBox):
+    """Pick a layer, a head and a query token (0 = CLS) and see its attention over the patches, drawn on the image.
+
+    attentions: per layer, (h, N, N) or (1, h, N, N) weights, as `VisionEncoder(..., return_attention=True)` gives.
+    """
+
+    def __init__(self, image: torch.Tensor, attentions: Sequence[torch.Tensor], patch_size: int):
+        maps = [(a[0] if a.ndim == 4 else a).detach() for a in attentions]  # each (h, N, N)
+        if not maps or any(m.ndim != 3 or m.shape != maps[0].shape for m in maps):
+            raise ValueError(f"expected a list of (h, N, N) attention weights, got shapes {[tuple(a.shape) for a in attentions]}")
+        grid = image.shape[-1] // patch_size
+        if maps[0].shape[-1] != grid * grid + 1:
+            raise ValueError(f"attention over {maps[0].shape[-1]} tokens does not fit a {grid}x{grid} grid + CLS")
+        self.image, self.maps, self.patch_size = image, maps, patch_size
+        h, N = maps[0].shape[0], maps[0].shape[-1]
+        self.layer = widgets.IntSlider(0, 0, len(maps) - 1, description="layer", continuous_update=False)
+        self.head = widgets.IntSlider(0, 0, h - 1, description="head", continuous_update=False)
+        self.query = widgets.IntSlider(0, 0, N - 1, description="query token", continuous_update=False)
+        self.info = widgets.HTML()
+        self.picture = widgets.Image(format="png", width=360)
+        for control in (self.layer, self.head, self.query):
+            control.observe(lambda change: self._update(), names="value")
+        super().__init__([widgets.HBox([self.layer, self.head]), self.query, self.info, self.picture])
+        self._update()
+
+    def select(self, layer: int, head: int, query: int) -> None:
+        """Set all three controls at once; the picture follows."""
+        with self.hold_trait_notifications():
+            self.layer.value, self.head.value, self.query.value = layer, head, query
+        self._update()
+
+    def current(self) -> torch.Tensor:
+        """The shown query's attention over the patches (CLS column dropped), (P,)."""
+        return self.maps[self.layer.value][self.head.value, self.query.value, 1:]
+
+    def _update(self) -> None:
+        weights = self.current()
+        q = self.query.value
+        who = "CLS" if q == 0 else f"patch {q - 1}"
+        on_cls = float(self.maps[self.layer.value][self.head.value, q, 0])
+        self.info.value = (f"layer {self.layer.value}, head {self.head.value}, query = {who}: "
+                           f"{1 - on_cls:.1%} of its attention on patches, {on_cls:.1%} on CLS")
+        fig = viz.show_attention_map(self.image, weights, self.patch_size, title=f"where {who} looks")
+        self.picture.value = figure_png(fig)
+
+
+class Quiz(widgets.VBox):
+    """One multiple-choice question with a Check button and feedback."""
+
+    def __init__(self, question: Question):
+        self.question = question
+        self.prompt = widgets.HTML(f"<b>{question.prompt}</b>")
+        self.choices = widgets.RadioButtons(options=[(text, i) for i, text in enumerate(question.options)],
+                                            value=None, layout=widgets.Layout(width="auto"))
+        self.button = widgets.Button(description="Check")
+        self.feedback = widgets.HTML()
+        self.button.on_click(lambda _: self.check())
+        super().__init__([self.prompt, self.choices, self.button, self.feedback])
+
+    def check(self) -> bool:
+        """Grade the selected option and show the feedback."""
+        correct, text = self.question.grade(self.choices.value)
+        colour = "green" if correct else "firebrick"
+        self.feedback.value = f"<span style='color:{colour}'>{text}</span>"
+        return correct
+
+    def choose(self, option: int) -> bool:
+        """Select option `option` (0-based) and check it, as a click would."""
+        self.choices.value = option
+        return self.check()
+
+
+def quiz_panel(questions: Sequence[Question]) -> widgets.VBox:
+    """All questions, one `Quiz` each, stacked."""
+    return widgets.VBox([Quiz(q) for q in questions])
