@@ -139,10 +139,11 @@ def test_unknown_split_is_refused():
 def test_shapes_dataset_labels_captions_and_items_agree():
     ds = ShapesDataset(50, seed=2)
     assert len(ds) == 50 and len(ds.captions) == 50
+    items = [ds.item(i) for i in range(50)]
     for key in ("shape", "colour", "position"):
         labels = ds.labels(key)
         assert labels.dtype == torch.long and labels.shape == (50,)
-        assert labels.tolist() == [ds.item(i)[key] for i in range(50)]
+        assert labels.tolist() == [item[key] for item in items]
     assert ds.captions[9] == ds[9][1] == ds[-41][1]
     torch.testing.assert_close(ds[9][0], to_tensor(make_item(9, seed=2)["image"]))
     with pytest.raises(IndexError):
