@@ -53,6 +53,21 @@ def test_explicit_and_fused_attention_agree():
     torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
 
 
+def test_attention_mask_hides_keys_on_both_paths():
+    attn = Attention(SMALL).eval()
+    x = torch.randn(2, 6, SMALL.dim)
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[0, :, :, 4:] = False  # the first sequence's last two tokens are padding
+    fast, _ = attn(x, attn_mask=mask)
+    explicit, weights = attn(x, return_attention=True, attn_mask=mask)
+    torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
+    assert weights[0, :, :, 4:].abs().max() == 0
+    # Changing the hidden tokens changes nothing the visible ones see.
+    x2 = x.clone()
+    x2[0, 4:] += 10
+    torch.testing.assert_close(attn(x2, attn_mask=mask)[0][0, :4], fast[0, :4], atol=1e-5, rtol=1e-5)
+
+
 def test_attention_written_out_by_hand():
     attn = Attention(SMALL).eval()
     x = torch.randn(1, 5, SMALL.dim)

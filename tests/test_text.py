@@ -6,7 +6,7 @@ import torch
 from tinyvit.config import TextConfig
 from tinyvit.data import ShapesDataset
 from tinyvit.model import Block
-from tinyvit.text import TextEncoder, Tokenizer, _masked_block
+from tinyvit.text import TextEncoder, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +154,6 @@ def test_gradients_reach_every_parameter(kind):
     encoder(padded_tokens()).pow(2).sum().backward()
     for name, p in encoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-
-
-def test_masked_block_equals_block_when_nothing_is_masked():
-    encoder = TextEncoder(tiny("transformer")).eval()
-    block = encoder.blocks[0]
-    assert isinstance(block, Block)
-    x = torch.randn(2, 5, 16)
-    everything = torch.ones(2, 1, 5, 5, dtype=torch.bool)
-    torch.testing.assert_close(_masked_block(block, x, everything), block(x)[0])
 
 
 @pytest.mark.parametrize("kind", ["mean", "transformer"])

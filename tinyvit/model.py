@@ -31,8 +31,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.proj_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Returns (out, weights); weights is (B, h, N, N) when asked for, else None."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False, attn_mask: torch.Tensor | None = None):
+        """Returns (out, weights); weights is (B, h, N, N) when asked for, else None.
+        `attn_mask` (bool, broadcastable to (B, h, N, N), True = may attend) is for the text encoder's padding."""
         B, N, D = x.shape
         h, Dh = self.heads, D // self.heads
         q, k, v = self.qkv(x).view(B, N, 3, h, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, Dh)
@@ -40,10 +41,13 @@ class Attention(nn.Module):
         weights = None
         if return_attention:
             # The explicit path, so a learner (and viz.py) can see the softmax weights.
-            weights = (q @ k.transpose(-2, -1) * Dh**-0.5).softmax(dim=-1)  # (B, h, N, N)
+            scores = q @ k.transpose(-2, -1) * Dh**-0.5  # (B, h, N, N)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            weights = scores.softmax(dim=-1)  # (B, h, N, N)
             out = F.dropout(weights, p) @ v  # (B, h, N, Dh)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, Dh)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, N, Dh)
         out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj_drop(self.proj(out)), weights
 
@@ -72,9 +76,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, attn_mask: torch.Tensor | None = None):
         """Returns (x, attention weights or None)."""
-        a, weights = self.attn(self.norm1(x), return_attention)
+        a, weights = self.attn(self.norm1(x), return_attention, attn_mask)
         x = x + a
         x = x + self.mlp(self.norm2(x))
         return x, weights

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import TextConfig, ViTConfig
@@ -143,19 +142,6 @@ class Tokenizer:
             raise ValueError(f"{path}: {err}") from None
 
 
-def _masked_block(block: Block, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-    """Block.forward with an attention mask (B, 1, T, T), True = may attend. (B, T, D) -> (B, T, D).
-    Block takes no mask, so this repeats its two residual steps with the same weights (a test pins them)."""
-    B, T, D = x.shape
-    attn = block.attn
-    h = attn.heads
-    q, k, v = attn.qkv(block.norm1(x)).view(B, T, 3, h, D // h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, Dh)
-    p = attn.attn_dropout if block.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, T, Dh)
-    x = x + attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B, T, D)))  # (B, T, D)
-    return x + block.mlp(block.norm2(x))
-
-
 class TextEncoder(nn.Module):
     """Token ids -> one caption vector, not normalised. (B, T) -> (B, E).
 
@@ -212,7 +198,7 @@ class TextEncoder(nn.Module):
             # still has one key per query (no NaN), and real tokens never see padding.
             attn_mask = keep[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=tokens.device)  # (B, 1, T, T)
             for block in self.blocks:
-                x = _masked_block(block, x, attn_mask)
+                x = block(x, attn_mask=attn_mask)[0]
             x = self.norm(x)
         weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
