@@ -47,20 +47,22 @@ def show_patch_grid(image: torch.Tensor, patch_size: int, numbers: bool = False,
     return fig
 
 
-def show_patches(patches: torch.Tensor, patch_size: int, channels: int = 3, ncols: int = 14, count: int | None = None):
+def show_patches(patches: torch.Tensor, patch_size: int, channels: int = 3, ncols: int = 14, count: int | None = None,
+                 tile_inches: float = 0.6, title: str | None = None):
     """Flat patches (P, C*p*p), flattened channel-first, drawn as tiles in token order with their index."""
     if patches.ndim != 2 or patches.shape[1] != channels * patch_size**2:
         raise ValueError(f"expected patches of shape (P, {channels * patch_size ** 2}), got {tuple(patches.shape)}")
     count = patches.shape[0] if count is None else min(count, patches.shape[0])
     nrows = math.ceil(count / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.6, nrows * 0.75 + 0.4), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * tile_inches, nrows * (tile_inches + 0.15) + 0.4),
+                             squeeze=False, layout="constrained")
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if index < count:
             tile = patches[index].reshape(channels, patch_size, patch_size)  # (C, p, p)
             ax.imshow(to_numpy_image(tile), cmap="gray")
             ax.set_title(str(index), fontsize=6)
-    fig.suptitle(f"the first {count} patches, in the order the transformer reads them", fontsize=9)
+    fig.suptitle(title or f"the first {count} patches, in the order the transformer reads them", fontsize=9)
     return fig
 
 
@@ -78,8 +80,8 @@ def show_pos_similarity(similarity: torch.Tensor, grid: int, title: str = "posit
     for row in range(grid):
         for col in range(grid):
             canvas[row * step:row * step + grid, col * step:col * step + grid] = tiles[row, col].numpy()
-    fig, ax = plt.subplots(figsize=(6, 5.4))
-    shown = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    shown = ax.imshow(canvas, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, label="cosine similarity")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("input patch column")
