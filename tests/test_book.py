@@ -1,0 +1,338 @@
+"""The built book, seen the way a reader sees it: every page of book/_toc.yml opened in Chromium with every
+request outside the book blocked (as in a classroom without internet).
+
+Needs the built book (book/build.sh) and /usr/bin/chromium; run with `pytest -m browser tests/test_book.py`.
+A full-page screenshot of each page is written to book/_build/screenshots/.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+import yaml
+from browser_support import chromium, local_only_page, serve_directory
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+BOOK = REPO / "book"
+HTML = BOOK / "_build" / "html"
+SCREENSHOTS = BOOK / "_build" / "screenshots"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+SOLUTION_TAGS = ("hide-cell", "hide-input", "hide-output")
+
+
+def toc_pages() -> list[str]:
+    """The book's pages in reading order (root first), as docnames: 'intro', 'notebooks/01_pixels_to_patches'."""
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text(encoding="utf-8"))
+    pages = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return [str(Path(page).with_suffix("")) if Path(page).suffix in (".md", ".ipynb") else page for page in pages]
+
+
+PAGES = toc_pages()
+
+
+def source_of(doc: str) -> Path:
+    """The file a page is built from: book/<doc>.md or book/<doc>.ipynb (notebooks/ is a link to ../notebooks)."""
+    for suffix in (".md", ".ipynb"):
+        if (BOOK / f"{doc}{suffix}").is_file():
+            return BOOK / f"{doc}{suffix}"
+    raise FileNotFoundError(f"_toc.yml lists {doc!r}, but neither book/{doc}.md nor book/{doc}.ipynb exists")
+
+
+def doc_of(url: str, base: str) -> str:
+    """'http://127.0.0.1:PORT/notebooks/x.html#part' -> 'notebooks/x'."""
+    path = urlparse(url).path[len(urlparse(base).path):]
+    return path.removesuffix(".html")
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    """The built book's folder, checked to be newer than every page's source."""
+    if not (HTML / "index.html").is_file():
+        pytest.fail(f"no built book in {HTML}: build it with book/build.sh")
+    stale = [doc for doc in PAGES
+             if not (HTML / f"{doc}.html").is_file()
+             or (HTML / f"{doc}.html").stat().st_mtime < source_of(doc).stat().st_mtime]
+    if stale:
+        pytest.fail(f"the built book is missing or older than {stale}: rebuild it with book/build.sh")
+    return HTML
+
+
+@pytest.fixture(scope="module")
+def base_url(site):
+    with serve_directory(site) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as browser:
+        yield browser
+
+
+@dataclass
+class Visit:
+    """What one page showed after loading: problems logged, broken images, error outputs, math, widgets."""
+    problems: list[str]
+    broken_images: list[str]
+    images: int
+    error_outputs: list[str]
+    math: int = 0
+    math_unrendered: int = 0
+    math_errors: int = 0
+    widget_views: int = 0
+    widget_views_unrendered: int = 0
+    widget_text: str = ""
+    solutions: list[dict] = field(default_factory=list)
+
+
+PAGE_REPORT_JS = """() => {
+  const text = (el) => el.innerText || el.textContent || '';
+  const views = [...document.querySelectorAll('script[type="%(view)s"]')];
+  return {
+    images: document.images.length,
+    broken_images: [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
+    tracebacks: [...document.querySelectorAll('.output.traceback')].map(e => text(e).slice(0, 300)),
+    stderr: [...document.querySelectorAll('.output.stderr')].map(e => text(e)),
+    body_text: text(document.body),
+    math: document.querySelectorAll('.math').length,
+    math_unrendered: [...document.querySelectorAll('.math')].filter(e => !e.querySelector('mjx-container')).length,
+    math_errors: document.querySelectorAll('mjx-merror').length,
+    widget_views: views.length,
+    widget_views_unrendered: views.filter(s => !s.parentElement.querySelector('.jupyter-widgets')).length,
+    widget_text: views.map(s => text(s.parentElement)).join('\\n'),
+    solutions: [...document.querySelectorAll('.cell')].filter(c => [...c.classList].some(k => /^tag_hide-/.test(k)))
+      .map(c => ({tags: [...c.classList].filter(k => k.startsWith('tag_')),
+                  details: c.querySelectorAll('details').length,
+                  open: c.querySelectorAll('details[open]').length,
+                  hidden_visible: [...c.querySelectorAll('details > :not(summary)')].some(e => e.checkVisibility())})),
+  };
+}""" % {"view": WIDGET_VIEW}
+
+TYPESET_DONE_JS = """() => [...document.querySelectorAll('.math')].every(e => e.querySelector('mjx-container'))"""
+WIDGETS_DONE_JS = """() => [...document.querySelectorAll('script[type="%s"]')]
+  .every(s => s.parentElement.querySelector('.jupyter-widgets'))""" % WIDGET_VIEW
+
+
+@pytest.fixture(scope="module")
+def visits(browser, base_url) -> dict[str, Visit]:
+    """Every toc page, opened once (lazily) and shared by the tests below; each also saves a screenshot."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    cache: dict[str, Visit] = {}
+
+    def visit(doc: str) -> Visit:
+        if doc in cache:
+            return cache[doc]
+        page, log = local_only_page(browser, base_url)
+        try:
+            page.goto(base_url + f"{doc}.html", wait_until="networkidle")
+            for done in (TYPESET_DONE_JS, WIDGETS_DONE_JS):  # give MathJax and the widgets time; judged below
+                try:
+                    page.wait_for_function(done, timeout=15_000)
+                except Exception:  # noqa: BLE001 - a timeout here is reported as unrendered math/widgets
+                    pass
+            page.wait_for_timeout(300)  # late console errors and font loads
+            report = page.evaluate(PAGE_REPORT_JS)
+            page.screenshot(path=str(SCREENSHOTS / f"{doc.replace('/', '__')}.png"), full_page=True)
+        finally:
+            page.close()
+        errors = [f"traceback: {t}" for t in report["tracebacks"]]
+        errors += [f"stderr with an error: {s[:300]}" for s in report["stderr"] if re.search(r"\w*Error\b", s)]
+        if "Traceback (most recent call last)" in report["body_text"] and not report["tracebacks"]:
+            errors.append("the page text contains a Python traceback")
+        cache[doc] = Visit(
+            problems=log.problems(), broken_images=report["broken_images"], images=report["images"],
+            error_outputs=errors, math=report["math"], math_unrendered=report["math_unrendered"],
+            math_errors=report["math_errors"], widget_views=report["widget_views"],
+            widget_views_unrendered=report["widget_views_unrendered"], widget_text=report["widget_text"],
+            solutions=report["solutions"])
+        return cache[doc]
+
+    return visit
+
+
+@pytest.mark.parametrize("doc", PAGES)
+def test_page_loads_cleanly_offline(visits, doc):
+    """No console error, no uncaught exception, no failed or outside request, every image loaded."""
+    visit = visits(doc)
+    assert visit.problems == [], f"{doc}: " + "\n".join(visit.problems)
+    assert visit.broken_images == [], f"{doc}: images that did not load: {visit.broken_images}"
+    assert (SCREENSHOTS / f"{doc.replace('/', '__')}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("doc", PAGES)
+def test_page_shows_no_error_output(visits, doc):
+    assert visits(doc).error_outputs == [], f"{doc}: " + "\n".join(visits(doc).error_outputs)
+
+
+def test_notebook_figures_are_shown(visits):
+    """Every figure a notebook saved (image/png outputs) appears as an image that loaded on its page."""
+    for doc in PAGES:
+        if source_of(doc).suffix != ".ipynb":
+            continue
+        nb = nbformat.read(source_of(doc), as_version=4)
+        saved = sum(1 for cell in nb.cells if cell.cell_type == "code"
+                    for out in cell.get("outputs", []) if "image/png" in out.get("data", {}))
+        visit = visits(doc)
+        assert visit.images >= saved, f"{doc}: the notebook saved {saved} figures, the page shows {visit.images}"
+        assert visit.broken_images == []
+
+
+def test_math_renders(visits):
+    """Every formula is typeset by the book's own MathJax (an mjx-container, no TeX error), on every page."""
+    with_math = [doc for doc in PAGES if visits(doc).math]
+    assert with_math, "no page has any math: the check would prove nothing (the glossary has some)"
+    for doc in with_math:
+        visit = visits(doc)
+        assert visit.math_unrendered == 0, f"{doc}: {visit.math_unrendered} of {visit.math} formulas left as raw TeX"
+        assert visit.math_errors == 0, f"{doc}: {visit.math_errors} formulas with TeX errors"
+
+
+def saved_widget_values(notebook: Path) -> tuple[int, list[str]]:
+    """(number of widget views in outputs, texts the views must show): the `value` of every IntSlider,
+    Label and Text model reachable from a view, as saved in the notebook's widget state."""
+    nb = nbformat.read(notebook, as_version=4)
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    roots = [out["data"][WIDGET_VIEW]["model_id"] for cell in nb.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", []) if WIDGET_VIEW in out.get("data", {})]
+    seen, stack, texts = set(), list(roots), []
+    while stack:
+        model_id = stack.pop()
+        if model_id in seen or model_id not in state:
+            continue
+        seen.add(model_id)
+        model = state[model_id]
+        stack += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(model["state"]))
+        if model["model_name"] in ("IntSliderModel", "LabelModel", "TextModel") and str(model["state"].get("value", "")):
+            texts.append(str(model["state"]["value"]))
+    return len(roots), texts
+
+
+def test_widgets_render_from_saved_state(visits):
+    """Every widget view is drawn (no empty widget), showing the values saved with the notebook."""
+    with_widgets = []
+    for doc in PAGES:
+        if source_of(doc).suffix != ".ipynb":
+            continue
+        views, texts = saved_widget_values(source_of(doc))
+        if not views:
+            continue
+        with_widgets.append(doc)
+        visit = visits(doc)
+        assert visit.widget_views == views, f"{doc}: {views} widget outputs saved, {visit.widget_views} on the page"
+        assert visit.widget_views_unrendered == 0, f"{doc}: {visit.widget_views_unrendered} widgets left empty"
+        shown = Counter(visit.widget_text.split())
+        for text in texts:
+            assert all(shown[word] for word in text.split()), f"{doc}: saved widget value {text!r} not shown"
+    assert with_widgets, "no notebook in the toc has saved widget views (01's patch-size explorer should)"
+
+
+def test_solution_cells_are_collapsed(visits):
+    """Cells tagged hide-cell/-input/-output render closed behind a toggle, one per tagged cell."""
+    expected_total = 0
+    for doc in PAGES:
+        if source_of(doc).suffix != ".ipynb":
+            continue
+        nb = nbformat.read(source_of(doc), as_version=4)
+        tagged = [cell for cell in nb.cells if set(cell.metadata.get("tags", [])) & set(SOLUTION_TAGS)]
+        expected_total += len(tagged)
+        if not tagged:
+            continue
+        solutions = visits(doc).solutions
+        assert len(solutions) == len(tagged), f"{doc}: {len(tagged)} tagged cells, {len(solutions)} rendered"
+        for solution in solutions:
+            assert solution["details"] >= 1 and solution["open"] == 0, f"{doc}: a {solution['tags']} cell is open"
+            assert not solution["hidden_visible"], f"{doc}: a {solution['tags']} cell shows its hidden part"
+    if expected_total == 0:
+        pytest.skip("no notebook in the toc has hide-cell/hide-input/hide-output cells yet")
+
+
+def follow(page, selector: str, base_url: str, limit: int) -> list[str]:
+    """Click the link matching `selector` until there is none; the docnames visited, starting page first."""
+    docs = [doc_of(page.url, base_url)]
+    for _ in range(limit):
+        link = page.locator(selector)
+        if link.count() == 0:
+            return docs
+        target = link.first.evaluate("a => a.href")
+        link.first.click()
+        page.wait_for_url(target)
+        docs.append(doc_of(page.url, base_url))
+    raise AssertionError(f"{selector} still leads on after {limit} pages: {docs}")
+
+
+def test_next_and_previous_walk_the_whole_book(browser, base_url):
+    page, log = local_only_page(browser, base_url)
+    try:
+        page.goto(base_url)  # index.html redirects to the root page
+        page.wait_for_url(f"{base_url}{PAGES[0]}.html")
+        forward = follow(page, "a.right-next", base_url, limit=len(PAGES) + 1)
+        backward = follow(page, "a.left-prev", base_url, limit=len(PAGES) + 1)
+    finally:
+        page.close()
+    assert forward == PAGES
+    assert backward == PAGES[::-1]
+    assert log.blocked == []
+
+
+def test_sidebar_toc_reaches_every_chapter(browser, base_url):
+    page, log = local_only_page(browser, base_url)
+    try:
+        page.goto(f"{base_url}{PAGES[0]}.html")
+        listed = [doc_of(href, base_url) for href in
+                  page.eval_on_selector_all("nav.bd-docs-nav a.reference.internal", "as => as.map(a => a.href)")]
+        assert [doc for doc in listed if doc != PAGES[0]] == PAGES[1:], f"sidebar lists {listed}"
+        for doc in PAGES[1:]:  # click through from wherever we are, as a reader would
+            link = page.locator(f"nav.bd-docs-nav a.reference.internal[href$='{Path(doc).name}.html']")
+            link.first.click()
+            page.wait_for_url(f"{base_url}{doc}.html")
+            assert page.locator("article h1").first.is_visible(), f"{doc}: no visible title"
+    finally:
+        page.close()
+    assert log.problems() == []
+
+
+def test_search_finds_cls(browser, base_url):
+    page, log = local_only_page(browser, base_url)
+    try:
+        page.goto(f"{base_url}search.html?q=CLS")
+        page.wait_for_selector("ul.search li", timeout=15_000)
+        hits = [doc_of(href, base_url) for href in
+                page.eval_on_selector_all("ul.search li a", "as => as.map(a => a.href)")]
+    finally:
+        page.close()
+    assert "glossary" in hits, f"search for CLS found {hits}"
+    assert set(hits) <= set(PAGES), f"search results outside the toc: {set(hits) - set(PAGES)}"
+    assert log.problems() == []
+
+
+def test_no_page_refers_to_outside_scripts_or_styles(site):
+    """A static check of every built page (also run by the build): no <script>/<link>/<img> from elsewhere."""
+    sys.path.insert(0, str(BOOK / "_ext"))
+    try:
+        from offline_book import remote_references
+    finally:
+        sys.path.remove(str(BOOK / "_ext"))
+    offenders = {str(p.relative_to(site)): refs for p in site.rglob("*.html")
+                 if (refs := remote_references(p.read_text(encoding="utf-8")))}
+    assert offenders == {}
+    assert remote_references('<script src="https://cdn.example/x.js"></script>') == ["https://cdn.example/x.js"]
