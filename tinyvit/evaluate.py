@@ -43,7 +43,7 @@ def recall_at_k(sim: torch.Tensor, k: int, matches: torch.Tensor | None = None) 
         raise ValueError(f"k must be at least 1, got {k}")
     top = sim.topk(min(k, Bc), dim=1).indices  # (Bq, k)
     hits = matches.to(sim.device).gather(1, top).any(dim=1)  # (Bq,)
-    return hits.float().mean().item()
+    return hits.double().mean().item()
 
 
 def retrieval_metrics(sim: torch.Tensor, captions: Sequence[str] | None = None, ks=(1, 5)) -> dict[str, float]:
@@ -135,7 +135,7 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor | None) -> float | 
     labels = torch.as_tensor(labels)
     if labels.shape != predictions.shape:
         raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(predictions.shape)}")
-    return (predictions == labels).float().mean().item()
+    return (predictions == labels).double().mean().item()
 
 
 def evaluate_clip(

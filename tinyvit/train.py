@@ -11,8 +11,8 @@ import math
 import os
 import pickle
 import random
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -207,9 +207,9 @@ def save_checkpoint(path: str | Path, **state: Any) -> Path:
     folder, then os.replace, so a crash mid-write never leaves a half-written checkpoint under `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())

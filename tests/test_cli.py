@@ -1,0 +1,180 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tinyvit.__main__ as cli
+from tinyvit.data import ShapesConfig, export_shapes
+
+TINY = {"vision": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
+        "text": {"dim": 32, "context_length": 16}, "train": {"eval_every": 0, "warmup_steps": 1}}
+METRIC_KEYS = {"n", "i2t_recall@1", "i2t_recall@5", "t2i_recall@1", "t2i_recall@5"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def run(*args, cwd=None):
+    """python -m tinyvit ARGS in a subprocess -> CompletedProcess with text stdout/stderr."""
+    return subprocess.run([sys.executable, "-m", "tinyvit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=300)
+
+
+def tiny_train_args(out, *extra):
+    return ["train", "--out", out, "--steps", "4", "--batch-size", "8", "--image-size", "16", "--patch-size", "8",
+            "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """An exported shapes manifest, a tiny config file, and one tiny run trained on the manifest (subprocess)."""
+    root = tmp_path_factory.mktemp("cli")
+    manifest = export_shapes(root / "shapes", 24, ShapesConfig(image_size=16), split="heldout")
+    config = root / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    result = run(*tiny_train_args(root / "run", "--data", manifest, "--config", config))
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "manifest": manifest, "config": config, "run": root / "run", "train": result}
+
+
+def one_error_line(capsys, argv, expected_code=2):
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == expected_code
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_train_on_a_manifest_writes_a_complete_run(work):
+    run_dir = work["run"]
+    assert sorted(os.listdir(run_dir)) == sorted(cli.RUN_FILES)  # no .partial left behind
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics) and metrics["n"] == 24
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["step"] == [1, 2, 3, 4] and len(history["loss"]) == 4
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["vision"]["depth"] == 1 and config["vision"]["image_size"] == 16 and config["train"]["steps"] == 4
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "recall@1" in work["train"].stdout
+
+
+def test_eval_prints_one_json_object_with_the_design_keys(work):
+    shapes = work["manifest"].parent
+    result = run("eval", "--run", work["run"], "--data", work["manifest"], "--classes", shapes / "classes_shape.txt",
+                 "--label-key", "shape_label")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == METRIC_KEYS | {"zero_shot_top1"}
+    assert metrics["n"] == 24 and all(0 <= v <= 1 for k, v in metrics.items() if k != "n")
+    without = run("eval", "--run", work["run"], "--data", work["manifest"])
+    assert set(json.loads(without.stdout)) == METRIC_KEYS
+
+
+def test_embed_writes_normalised_256d_embeddings_as_pt_or_npy(work, tmp_path):
+    images = sorted(work["manifest"].parent.glob("*.png"))[:3]
+    result = run("embed", "--run", work["run"], *images, "--out", tmp_path / "e.pt")
+    assert result.returncode == 0, result.stderr
+    assert "(3, 256)" in result.stdout
+    emb = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert emb.shape == (3, 256)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    assert cli.main(["embed", "--run", str(work["run"]), *map(str, images), "--out", str(tmp_path / "e.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), emb.numpy(), atol=1e-6)
+
+
+def test_train_without_data_uses_the_shapes_recipe_and_reports_heldout_accuracy(work, tmp_path):
+    result = run(*tiny_train_args(tmp_path / "run", "--config", work["config"]))
+    assert result.returncode == 0, result.stderr
+    assert "held-out colour-shape pairs" in result.stdout and "zero-shot shape accuracy" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n"] == cli.EVAL_ITEMS
+    for key in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1"):
+        assert 0 <= metrics[key] <= 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["shapes"]["image_size"] == 16
+
+
+def test_bad_input_exits_2_with_one_clear_line(work, tmp_path, capsys):
+    manifest, run_dir = work["manifest"], work["run"]
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "a", "--data", tmp_path / "nope.json"))
+    assert "manifest not found" in err and "nope.json" in err
+    broken = tmp_path / "broken"
+    shutil.copytree(manifest.parent, broken)
+    (broken / "heldout_00003.png").unlink()
+    (broken / "heldout_00005.png").write_bytes(b"this is not a PNG")
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "b", "--data", broken / "annotations.json"))
+    assert "heldout_00003.png" in err and "not found" in err
+    shutil.copy(manifest.parent / "heldout_00004.png", broken / "heldout_00003.png")
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "c", "--data", broken / "annotations.json"))
+    assert "heldout_00005.png is not a readable image" in err
+    assert not any((tmp_path / d).exists() for d in "abc")  # failed runs leave no folder behind
+    err = one_error_line(capsys, ["eval", "--run", tmp_path, "--data", manifest])
+    assert "has no checkpoint.pt" in err
+    err = one_error_line(capsys, ["embed", "--run", run_dir, broken / "heldout_00005.png", tmp_path / "gone.png",
+                                  "--out", tmp_path / "e.pt"])
+    assert "1 image file(s) not found" in err and "gone.png" in err
+    err = one_error_line(capsys, ["embed", "--run", run_dir, broken / "heldout_00005.png", "--out", tmp_path / "e.pt"])
+    assert "not a readable image" in err
+    err = one_error_line(capsys, ["eval", "--run", run_dir, "--data", manifest, "--classes", tmp_path / "none.txt"])
+    assert "classes file not found" in err
+    err = one_error_line(capsys, tiny_train_args(run_dir, "--data", manifest))
+    assert "already holds a complete run; pass --force" in err
+    (tmp_path / "bad.json").write_text('{"train": {"stepz": 3}}')
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "d", "--config", tmp_path / "bad.json"))
+    assert "unknown TrainConfig key 'stepz'" in err
+
+
+def test_eval_refuses_a_run_whose_config_disagrees_with_its_checkpoint(work, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(work["run"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["vision"]["depth"], config["vision"]["mlp_dim"] = 2, 128
+    (copy / "config.json").write_text(json.dumps(config))
+    err = one_error_line(capsys, ["eval", "--run", copy, "--data", work["manifest"]])
+    assert "vision.depth: expected 2, found 1" in err and "vision.mlp_dim: expected 128, found 64" in err
+
+
+def test_usage_errors_are_one_line_from_a_subprocess(work):
+    result = run("train", "--steps", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "python -m tinyvit train: error: the following arguments are required: --out (see --help)"]
+    result = run("eval", "--run", work["root"] / "missing", "--data", work["manifest"])
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: run folder not found: {work['root'] / 'missing'}"]
+
+
+@pytest.mark.parametrize("command, words", [("train", ["--out", "--data", "--steps", "--device", "--force"]),
+                                            ("eval", ["--run", "--classes", "--label-key"]),
+                                            ("embed", ["--run", "IMAGE", ".npy"])])
+def test_help_documents_each_command(command, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in words)
+
+
+def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete(work, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted)
+    assert cli.main(tiny_train_args(str(tmp_path / "new"), "--data", str(work["manifest"]))) == 130
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    # a forced re-run that fails after training keeps the old complete run as it was
+    old = tmp_path / "old"
+    shutil.copytree(work["run"], old)
+    before = (old / "checkpoint.pt").read_bytes()
+
+    def broken_plot(history, path):
+        raise ValueError("plotting failed")
+
+    monkeypatch.setattr(cli, "save_loss_plot", broken_plot)
+    args = tiny_train_args(str(old), "--data", str(work["manifest"]), "--config", str(work["config"]), "--force")
+    assert cli.main(args) == 2
+    assert "plotting failed" in capsys.readouterr().err
+    assert sorted(os.listdir(old)) == sorted(cli.RUN_FILES) and (old / "checkpoint.pt").read_bytes() == before
