@@ -91,11 +91,11 @@ def show_pos_similarity(similarity: torch.Tensor, grid: int, title: str = "posit
 
 
 def show_attention_matrix(weights: torch.Tensor, title: str = "attention weights", ax=None):
-    """One head's (N, N) attention weights: row i is where query token i looks."""
+    """One head's (N, N) attention weights: row i is where query token i looks (colour scale from 0)."""
     if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
         raise ValueError(f"expected one head's (N, N) attention weights, got {tuple(weights.shape)}")
     fig, ax = _figure_and_axes(ax, (5, 4.4))
-    shown = ax.imshow(weights.detach().float().cpu().numpy(), cmap="magma")
+    shown = ax.imshow(weights.detach().float().cpu().numpy(), cmap="magma", vmin=0)
     fig.colorbar(shown, ax=ax, fraction=0.046)
     ax.set_xlabel("key token (0 = CLS)")
     ax.set_ylabel("query token (0 = CLS)")
@@ -132,7 +132,8 @@ def plot_scaling(x: Sequence[float], series: Mapping[str, Sequence[float]], xlab
         ax.axvline(mark, color="grey", ls="--", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xticks(list(x), [str(v) for v in x])
+    ax.set_xticks(list(x), [str(v) for v in x], rotation=90 if len(x) > 6 else 0)
+    ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
