@@ -65,6 +65,8 @@ def test_attention_explorer_shows_the_chosen_query():
     assert "layer 1, head 1, query = patch 4" in explorer.info.value
     torch.testing.assert_close(explorer.current(), attentions[1][0, 1, 5, 1:].detach())
     assert bytes(explorer.picture.value).startswith(PNG)
+    with pytest.raises(ValueError, match="head must be in 0..1, got 2"):
+        explorer.select(0, 2, 0)
     with pytest.raises(ValueError, match="does not fit a 2x2 grid"):
         AttentionExplorer(image, attentions, 16)
 

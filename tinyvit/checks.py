@@ -238,7 +238,7 @@ QUESTIONS = (
             "They hold 196 x 128 numbers of context-mixed features; other models keep them all.",
             "Keeping only CLS is a design choice; mean pooling, or passing all tokens, also work.",
             "Attention only mixes: nothing is moved out of the patch tokens.",
-            "Mean pooling is a common alternative (for example in SigLIP-style models).",
+            "Averaging the patch tokens (mean pooling) is a common alternative to a CLS token.",
         ),
     ),
     Question(

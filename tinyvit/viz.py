@@ -25,7 +25,7 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 
 
 def show_patch_grid(image: torch.Tensor, patch_size: int, numbers: bool = False, ax=None, title: str | None = None):
-    """The image with the patch grid drawn on it; `numbers` writes each patch's index (row-major order)."""
+    """The (C, H, W) image with its patch grid drawn on it; `numbers` writes each patch's row-major index."""
     _, H, W = image.shape
     if H % patch_size or W % patch_size:
         raise ValueError(f"image size {H}x{W} is not divisible by patch size {patch_size}")
@@ -105,7 +105,8 @@ def show_attention_matrix(weights: torch.Tensor, title: str = "attention weights
 
 def show_attention_map(image: torch.Tensor, attention: torch.Tensor, patch_size: int, ax=None,
                        title: str | None = None, alpha: float = 0.6):
-    """A per-patch map (P,) (one query's attention over the patches, or a rollout row) drawn over the image."""
+    """A per-patch map (P,) (one query's attention over the patches, or a rollout row) drawn over a (C, H, W)
+    image; P = (H / p) * (W / p)."""
     _, H, W = image.shape
     gh, gw = H // patch_size, W // patch_size
     if attention.numel() != gh * gw:

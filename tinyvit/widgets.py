@@ -17,15 +17,16 @@ from . import viz
 from .checks import Question
 
 
-def patch_facts(image_size: int, patch_size: int, heads: int = 1, bytes_per_entry: int = 4) -> dict[str, int]:
-    """The arithmetic of one patch size: grid side, patches, tokens (with CLS), attention entries and bytes
-    for `heads` attention matrices of one image (fp32: 4 bytes per entry)."""
+def patch_facts(image_size: int, patch_size: int, heads: int = 1, bytes_per_entry: int = 4,
+                channels: int = 3) -> dict[str, int]:
+    """The arithmetic of one patch size: grid side, patches, tokens (with CLS), numbers per patch, attention
+    entries and bytes for `heads` attention matrices of one image (fp32: 4 bytes per entry)."""
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     grid = image_size // patch_size
     tokens = grid * grid + 1
     entries = heads * tokens * tokens
-    return {"grid": grid, "patches": grid * grid, "tokens": tokens, "patch_dim": 3 * patch_size**2,
+    return {"grid": grid, "patches": grid * grid, "tokens": tokens, "patch_dim": channels * patch_size**2,
             "entries": entries, "bytes": entries * bytes_per_entry}
 
 
@@ -81,7 +82,7 @@ class PatchExplorer(widgets.VBox):
 
     def _update(self) -> None:
         p = self.slider.value
-        facts = patch_facts(self.image.shape[-1], p, self.heads)
+        facts = patch_facts(self.image.shape[-1], p, self.heads, channels=self.image.shape[0])
         head_word = "one head" if self.heads == 1 else f"{self.heads} heads"
         self.info.value = (
             f"<b>{p}x{p}</b> patches of {facts['patch_dim']:,} numbers: a {facts['grid']}x{facts['grid']} grid = "
@@ -112,15 +113,22 @@ class AttentionExplorer(widgets.VBox):
         self.query = widgets.IntSlider(0, 0, N - 1, description="query token", continuous_update=False)
         self.info = widgets.HTML()
         self.picture = widgets.Image(format="png", width=360)
+        self._paused = False  # set while `select` moves several controls, so the picture is drawn once
         for control in (self.layer, self.head, self.query):
-            control.observe(lambda change: self._update(), names="value")
+            control.observe(lambda change: self._paused or self._update(), names="value")
         super().__init__([widgets.HBox([self.layer, self.head]), self.query, self.info, self.picture])
         self._update()
 
     def select(self, layer: int, head: int, query: int) -> None:
         """Set all three controls at once; the picture follows."""
-        with self.hold_trait_notifications():
+        for name, value, control in (("layer", layer, self.layer), ("head", head, self.head), ("query", query, self.query)):
+            if not control.min <= value <= control.max:
+                raise ValueError(f"{name} must be in {control.min}..{control.max}, got {value}")
+        self._paused = True
+        try:
             self.layer.value, self.head.value, self.query.value = layer, head, query
+        finally:
+            self._paused = False
         self._update()
 
     def current(self) -> torch.Tensor:
