@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tinyvit.data import (COLOURS, IMAGE_MEAN, POSITIONS, RGB, SHAPES, WHERE, Batches, ManifestDataset, ShapesConfig,
-                          ShapesDataset, denormalize, export_shapes, heldout_pairs, load_image, make_item,
+from tinyvit.data import (COLOURS, IMAGE_MEAN, POSITIONS, RGB, SHAPES, WHERE, Batches, HardNegativeBatches,
+                          ManifestDataset, ShapesConfig, ShapesDataset, denormalize, export_shapes, heldout_pairs, load_image, make_item,
                           read_manifest, to_tensor)
 
 
@@ -358,3 +358,60 @@ def test_batches_work_on_a_manifest(pictures):
              {"image": "img/rgba.png", "caption": "blue"}]
     images, captions, indices = Batches(ManifestDataset(write_manifest(pictures, items), 8), 2)(1)
     assert images.shape == (2, 3, 8, 8) and captions == [items[i]["caption"] for i in indices]
+
+
+def test_swapping_the_main_shape_changes_nothing_else():
+    base = make_item(48)
+    allowed = [k for k, s in enumerate(SHAPES) if (s, COLOURS[base["colour"]]) not in heldout_pairs()]
+    other = next(k for k in allowed if k != base["shape"])
+    swapped = make_item(48, shape=other)
+    assert swapped["shape"] == other
+    assert {k: swapped[k] for k in ("colour", "position")} == {k: base[k] for k in ("colour", "position")}
+    for a, b in zip(base["objects"], swapped["objects"]):
+        assert (a["size"], a["centre"], a["angle"], a["colour"]) == (b["size"], b["centre"], b["angle"], b["colour"])
+    assert swapped["objects"][1:] == base["objects"][1:]
+    assert swapped["caption"] == base["caption"].replace(SHAPES[base["shape"]], SHAPES[other], 1)
+    changed = np.abs(swapped["image"].astype(int) - base["image"].astype(int)).max(axis=2) > 40
+    x, y = base["objects"][0]["centre"]
+    S, r = 64, base["objects"][0]["size"] / 2 * 64 + 2
+    rows, cols = np.nonzero(changed)
+    assert changed.any() and np.all(np.hypot(cols + 0.5 - x * S, rows + 0.5 - y * S) <= r * 1.5)
+
+
+def test_swapping_into_a_heldout_pair_is_refused():
+    index, item = next((i, make_item(i)) for i in range(100) if make_item(i)["colour"] != COLOURS.index("orange"))
+    colour = COLOURS[item["colour"]]
+    banned = next(k for k, s in enumerate(SHAPES) if (s, colour) in heldout_pairs())
+    with pytest.raises(ValueError, match="is a held-out colour-shape pair: not allowed in the 'train' split"):
+        make_item(index, shape=banned)
+
+
+def test_hard_negative_groups_differ_only_in_shape():
+    batches = HardNegativeBatches(ShapesConfig(image_size=32), batch_size=16, group_size=4, hard_fraction=0.5)
+    images, captions, indices = batches(5)
+    assert images.shape == (16, 3, 32, 32) and len(captions) == 16 and indices.shape == (16,)
+    plan = batches.plan(5)
+    groups = {}
+    for (index, shape), caption in zip(plan, captions):
+        if shape is not None:
+            groups.setdefault(index, []).append((shape, caption))
+    assert len(groups) == 2
+    for index, members in groups.items():
+        shapes = [shape for shape, _ in members]
+        assert len(set(shapes)) == 4  # four different shapes of one scene
+        colour = COLOURS[make_item(index, ShapesConfig(image_size=32))["colour"]]
+        assert all((SHAPES[s], colour) not in heldout_pairs() for s in shapes)
+        words = [set(caption.split()) for _, caption in members]
+        common = set.intersection(*words)
+        assert all(len(w - common) == 1 and (w - common) <= set(SHAPES) | {"a", "an"} for w in words)
+    assert sum(shape is None for _, shape in plan) == 8
+    torch.testing.assert_close(batches(5)[0], images)  # a pure function of the step
+
+
+def test_hard_negative_batches_check_their_settings():
+    with pytest.raises(ValueError, match="group_size must be between 2 and 4"):
+        HardNegativeBatches(ShapesConfig(), 16, group_size=5)
+    with pytest.raises(ValueError, match=r"hard_fraction must be in \[0, 1\]"):
+        HardNegativeBatches(ShapesConfig(), 16, hard_fraction=2)
+    with pytest.raises(ValueError, match="heldout split"):
+        HardNegativeBatches(ShapesConfig(), 16, split="heldout")

@@ -86,8 +86,10 @@ def _unit_polygon(shape: str) -> np.ndarray:
                      [-1, -w], [-w, -w]])
 
 
-def _scene(index: int, cfg: ShapesConfig, split: str, seed: int) -> tuple[dict[str, Any], np.random.Generator]:
-    """Objects and caption of one item, and the generator left for drawing it (labels need no drawing)."""
+def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
+           main_shape: int | None = None) -> tuple[dict[str, Any], np.random.Generator]:
+    """Objects and caption of one item, and the generator left for drawing it (labels need no drawing).
+    `main_shape` swaps the main object's shape and nothing else: same place, size, colour, caption template, background."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0 or seed < 0:
@@ -116,6 +118,12 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int) -> tuple[dict[s
         objects.append({"shape": SHAPES.index(shape), "colour": COLOURS.index(colour), "position": position,
                         "size": float(size), "centre": (float(x), float(y)),
                         "angle": float(rng.uniform(-cfg.max_rotation, cfg.max_rotation))})
+    if main_shape is not None:
+        pair = (SHAPES[main_shape], COLOURS[objects[0]["colour"]])
+        if (pair in HELDOUT) != (split == "heldout"):
+            kind = "a held-out" if pair in HELDOUT else "a seen"
+            raise ValueError(f"a {pair[1]} {pair[0]} is {kind} colour-shape pair: not allowed in the {split!r} split")
+        objects[0]["shape"] = main_shape
     main = objects[0]
     return {"caption": _caption(objects, cfg, rng), "shape": main["shape"], "colour": main["colour"],
             "position": main["position"], "objects": objects}, rng
@@ -172,11 +180,13 @@ def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Gen
     return np.clip(image, 0, 255).round().astype(np.uint8)
 
 
-def make_item(index: int, cfg: ShapesConfig = ShapesConfig(), split: str = "train", seed: int = 0) -> dict[str, Any]:
+def make_item(index: int, cfg: ShapesConfig = ShapesConfig(), split: str = "train", seed: int = 0,
+              shape: int | None = None) -> dict[str, Any]:
     """One shapes item, a pure function of (seed, split, index): {"image": uint8 (S, S, 3), "caption", "shape",
     "colour", "position" (indices into SHAPES/COLOURS/POSITIONS of the main object), "objects": per-object dicts
-    with shape, colour, position, size (fraction of the side), centre (x, y fractions), angle (degrees)}."""
-    scene, rng = _scene(index, cfg, split, seed)
+    with shape, colour, position, size (fraction of the side), centre (x, y fractions), angle (degrees)}.
+    `shape` (an index into SHAPES) redraws the same scene with another main shape: a hard negative."""
+    scene, rng = _scene(index, cfg, split, seed, shape)
     return {"image": _render(scene["objects"], cfg, rng), **scene}
 
 
@@ -425,3 +435,43 @@ class Batches:
         indices = self.indices(step)
         pairs = [self.dataset[int(i)] for i in indices]
         return torch.stack([image for image, _ in pairs]), [caption for _, caption in pairs], indices  # (B, 3, S, S)
+
+
+class HardNegativeBatches:
+    """Batches of fresh shapes items in which colour and position cannot tell captions apart: a `hard_fraction`
+    of each batch comes in groups of `group_size` copies of one scene that differ only in the main object's shape
+    (and so only in the caption's shape word). The rest are ordinary items. A pure function of (seed, step), like
+    Batches. batches(step) -> (images (B, 3, S, S), captions list[str], indices LongTensor (B,) of the scenes)."""
+
+    def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int = 4,
+                 hard_fraction: float = 0.5, split: str = "train"):
+        allowed = min(sum((s, c) not in HELDOUT for s in SHAPES) for c in COLOURS)
+        if not 2 <= group_size <= allowed:
+            raise ValueError(f"group_size must be between 2 and {allowed} (the shapes every colour allows), "
+                             f"got {group_size}")
+        if not 0 <= hard_fraction <= 1:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction!r}")
+        if split == "heldout":
+            raise ValueError("hard negatives swap shapes, which the heldout split (one pair per shape) cannot do")
+        self.cfg, self.batch_size, self.seed, self.split = cfg, batch_size, seed, split
+        self.group_size, self.groups = group_size, int(batch_size * hard_fraction) // group_size
+
+    def plan(self, step: int) -> list[tuple[int, int | None]]:
+        """(scene index, main shape or None for the scene's own) for each of the B items of this step."""
+        rng = np.random.default_rng([self.seed, step, 1])
+        first = step * self.batch_size
+        plan: list[tuple[int, int | None]] = []
+        for g in range(self.groups):
+            index = first + g
+            colour = COLOURS[_scene(index, self.cfg, self.split, self.seed)[0]["colour"]]
+            shapes = [k for k, s in enumerate(SHAPES) if (s, colour) not in HELDOUT]
+            plan += [(index, int(k)) for k in rng.choice(shapes, self.group_size, replace=False)]
+        plan += [(first + j, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
+        return plan
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        plan = self.plan(step)
+        items = [make_item(index, self.cfg, self.split, self.seed, shape) for index, shape in plan]
+        images = torch.stack([to_tensor(item["image"]) for item in items])  # (B, 3, S, S)
+        indices = torch.tensor([index for index, _ in plan], dtype=torch.long)
+        return images, [item["caption"] for item in items], indices
