@@ -24,6 +24,7 @@ from .contrastive import CLIP, clip_batch_loss, default_recipe
 from .data import Batches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .text import Tokenizer
+from .thinker import add_commands as add_thinker_commands
 from .train import fit, load_checkpoint, load_model, resolve_device
 
 RUN_FILES = ("checkpoint.pt", "tokenizer.model", "config.json", "history.json", "loss.png", "metrics.json")
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "array (default embeddings.pt)")
     em.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     em.set_defaults(func=cmd_embed)
+    add_thinker_commands(sub)  # think, ask: tinyvit/thinker.py
     return parser
 
 

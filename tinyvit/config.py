@@ -204,3 +204,47 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class ThinkerConfig:
+    """The Thinker: a small causal language model reading [image token(s), question, answer] (tinyvit.thinker)."""
+
+    vocab_size: int = 128
+    dim: int = 256  # the projector's output size: image tokens enter the Thinker as they are
+    depth: int = 2
+    heads: int = 4
+    mlp_dim: int = 512
+    dropout: float = 0.0
+    variant: str = "cls"  # "cls": the chapter's projector(CLS), 1 image token; "all": projector on all N tokens
+    image_tokens: int = 1  # 1 for "cls"; the CLIP encoder's N (65 at 64x64 with 8x8 patches, 197 at 224/16) for "all"
+    context_length: int = 40  # text tokens: BOS, question, EOS, answer, EOS
+
+    def __post_init__(self):
+        if self.variant not in ("cls", "all"):
+            raise ValueError(f"ThinkerConfig.variant must be 'cls' or 'all', got {self.variant!r}")
+        for name in ("vocab_size", "dim", "depth", "heads", "mlp_dim", "image_tokens", "context_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ThinkerConfig.{name} must be a positive integer, got {value!r}")
+        if self.variant == "cls" and self.image_tokens != 1:
+            raise ValueError(f"variant 'cls' hands over exactly 1 image token, got image_tokens={self.image_tokens}")
+        if self.dim % self.heads:
+            raise ValueError(f"ThinkerConfig dim {self.dim} is not divisible by heads {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ThinkerConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.context_length < 5:
+            raise ValueError(f"context_length must hold BOS, a question token, EOS, an answer token and EOS (>= 5), "
+                             f"got {self.context_length}")
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input: image tokens + text tokens."""
+        return self.image_tokens + self.context_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ThinkerConfig":
+        return _from_dict(cls, data)

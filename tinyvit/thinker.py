@@ -1,0 +1,435 @@
+"""The Thinker: a tiny decoder-only language model that answers questions about shapes images. Its input is
+[image token(s), question, answer]; the image tokens come from a frozen, CLIP-trained VisionEncoder's projector,
+so the 256-d space the chapter aligns is exactly what joins the two models.
+
+Shapes: B batch, K image tokens (1 for "cls", N for "all"), T text tokens, L = K + T, D = E = 256, V vocab.
+Text layout: [BOS, question..., EOS, answer..., EOS, PAD...]. EOS closes each turn: after the question's EOS the
+model answers, and the answer's EOS stops generation. The loss reads only the answer tokens (its EOS included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from PIL import Image, ImageOps
+
+from .config import TextConfig, ThinkerConfig, TrainConfig, ViTConfig, read_json_object
+from .contrastive import CLIP
+from .data import COLOURS, POSITIONS, SHAPES, WHERE, Batches, ShapesConfig, ShapesDataset, read_rgb, to_tensor
+from .model import Block, VisionEncoder, trunc_normal
+from .text import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from .train import check_configs, fit, load_checkpoint, resolve_device, save_checkpoint
+
+QUESTION_TYPES = ("shape", "colour", "position", "describe")
+THINKER_FILE = "thinker.pt"
+# Measured on a shared 2-core CPU: the "all" variant (65 image tokens at 64x64) trains these steps in about
+# 3 minutes, "cls" in about 1; see benchmarks/thinker_qa.py.
+RECIPE = TrainConfig(steps=600, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=30, eval_every=0)
+
+
+class Thinker(nn.Module):
+    """Image tokens + text token embeddings + positions -> causal pre-norm blocks -> LayerNorm -> logits.
+    (B, K, D), (B, T) long -> (B, K + T, V). Position i sees positions <= i only."""
+
+    def __init__(self, cfg: ThinkerConfig):
+        super().__init__()
+        self.cfg = cfg
+        # Block reads only width, heads, MLP and dropout from a ViTConfig; the image fields are unused.
+        block_cfg = ViTConfig(image_size=1, patch_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
+                              mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, out_dim=cfg.dim)
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_tokens, cfg.dim))
+        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                trunc_normal(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        trunc_normal(self.pos_embed)
+
+    def embed(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The chapter's concatenation: (B, K, D) image tokens, (B, T) ids -> (B, K + T, D), positions added."""
+        B, K, D = image_tokens.shape
+        if K != self.cfg.image_tokens or D != self.cfg.dim:
+            raise ValueError(f"expected image tokens (B, {self.cfg.image_tokens}, {self.cfg.dim}) for variant "
+                             f"{self.cfg.variant!r}, got {tuple(image_tokens.shape)}")
+        if ids.dim() != 2 or ids.shape[0] != B or ids.shape[1] > self.cfg.context_length:
+            raise ValueError(f"expected ids (B={B}, T<={self.cfg.context_length}), got {tuple(ids.shape)}")
+        x = torch.cat([image_tokens.to(self.pos_embed.dtype), self.token_embed(ids)], dim=1)  # (B, K + T, D)
+        return x + self.pos_embed[:, : x.shape[1]]
+
+    def forward(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(B, K, D), (B, T) long -> logits (B, K + T, V); logits at position i predict the token at i + 1."""
+        x = self.embed(image_tokens, ids)  # (B, L, D)
+        L = x.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # (L, L), True = may attend
+        for block in self.blocks:
+            x = block(x, attn_mask=causal)[0]
+        return self.head(self.norm(x))  # (B, L, V)
+
+
+def answer_loss(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the answer tokens only. logits (B, K + T, V), ids (B, T), answer_mask (B, T) bool -> scalar.
+    Position K - 1 + t predicts text token t, so the question and the image are context, never targets."""
+    K = logits.shape[1] - ids.shape[1]
+    pred = logits[:, K - 1 : -1]  # (B, T, V)
+    return F.cross_entropy(pred[answer_mask], ids[answer_mask])
+
+
+def thinker_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The loss `train.fit` calls: batch = (image tokens (B, K, D), ids (B, T), answer mask (B, T)) -> scalar."""
+    image_tokens, ids, answer_mask = batch
+    return answer_loss(model(image_tokens, ids), ids, answer_mask)
+
+
+@torch.no_grad()
+def image_tokens(encoder: VisionEncoder, images: torch.Tensor, variant: str) -> torch.Tensor:
+    """The tokens handed to the Thinker: "cls" -> projector(CLS) (B, 1, E); "all" -> projector on every token
+    (B, N, E). images (B, C, H, W)."""
+    if variant not in ("cls", "all"):
+        raise ValueError(f"variant must be 'cls' or 'all', got {variant!r}")
+    tokens = encoder.forward_features(images)  # (B, N, D)
+    return encoder.projector(tokens[:, :1] if variant == "cls" else tokens)  # (B, 1 or N, E)
+
+
+def encode_scenes(encoder: VisionEncoder, dataset: ShapesDataset, variant: str, batch_size: int = 200,
+                  progress: bool = False) -> torch.Tensor:
+    """Draw every image once and keep its frozen image tokens -> float16 (n, K, E). The encoder is frozen, so
+    this replaces the encoder's forward pass at every training step; float16 halves the cache's memory."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"image tokens ({variant})", disable=not progress):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
+        chunks.append(image_tokens(encoder, images.to(device), variant).half().cpu())  # (b, K, E)
+    return torch.cat(chunks)  # (n, K, E)
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+    """Question-answer records of one scene (a make_item / ShapesDataset.scenes() dict): per object a shape, a
+    colour and a position question, then one "describe the image." (objects in reading order). Each record: type, question, answer, object
+    (index, -1 for describe), pair (shape, colour) asked about (None for describe), n_objects."""
+    objects, records = scene["objects"], []
+    two = len(objects) == 2
+    for k, obj in enumerate(objects):
+        shape, colour = SHAPES[obj["shape"]], COLOURS[obj["colour"]]
+        named = f"{colour} {shape}" if rng.random() < 0.5 else shape  # both forms are unique in a scene
+        for kind, question, answer in (
+            ("shape", f"what shape is the {colour} one?" if two else "what shape is this?", shape),
+            ("colour", f"what colour is the {shape}?", colour),
+            ("position", f"where is the {named}?", POSITIONS[obj["position"]]),
+        ):
+            records.append({"type": kind, "question": question, "answer": answer, "object": k,
+                            "pair": (shape, colour), "n_objects": len(objects)})
+    in_reading_order = sorted(objects, key=lambda o: (o["position"], o["centre"][1], o["centre"][0]))
+    description = " and ".join(f"{_article(COLOURS[o['colour']] + ' ' + SHAPES[o['shape']])} "
+                               f"{WHERE[POSITIONS[o['position']]]}" for o in in_reading_order)
+    records.append({"type": "describe", "question": "describe the image.", "answer": description, "object": -1,
+                    "pair": None, "n_objects": len(objects)})
+    return records
+
+
+def make_qa(dataset: ShapesDataset, seed: int = 0) -> list[dict[str, Any]]:
+    """Every question of every scene of `dataset`, each record with "image": its index in the data set."""
+    rng = random.Random(seed)
+    return [{**record, "image": i} for i, scene in enumerate(dataset.scenes()) for record in scene_questions(scene, rng)]
+
+
+def train_tokenizer(dataset: ShapesDataset, vocab_size: int = 160, seed: int = 0) -> Tokenizer:
+    """SentencePiece on the questions, answers and captions of `dataset`. The CLIP run's tokenizer saw captions
+    only: "what", "where", "describe", "colour" and "?" are not in them, so it cuts the questions into letters
+    (and "?" into unk). Trained on the QA texts, every word of a question or answer is one or two pieces."""
+    texts = [r[key] for r in make_qa(dataset, seed) for key in ("question", "answer")] + dataset.captions
+    return Tokenizer.train(sorted(set(texts)), vocab_size)
+
+
+def normalise_question(question: str) -> str:
+    """Lower case, single spaces: the questions are written that way. Empty questions are refused."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question is empty; ask e.g. 'what shape is this?' (got {question!r})")
+    return " ".join(question.lower().split())
+
+
+def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
+    """[BOS, question pieces..., EOS]: the part of the text the model reads before answering."""
+    return [BOS_ID, *tokenizer.encode(normalise_question(question)), EOS_ID]
+
+
+def encode_qa(tokenizer: Tokenizer, records: Sequence[dict[str, Any]], context_length: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[BOS, question, EOS, answer, EOS, PAD...] per record -> ids (M, T) long and answer mask (M, T) bool
+    (True on the answer's pieces and its closing EOS). Too long a record raises ValueError."""
+    ids = torch.full((len(records), context_length), PAD_ID, dtype=torch.long)  # (M, T)
+    mask = torch.zeros(len(records), context_length, dtype=torch.bool)  # (M, T)
+    for m, record in enumerate(records):
+        prompt, answer = prompt_ids(tokenizer, record["question"]), tokenizer.encode(record["answer"]) + [EOS_ID]
+        if len(prompt) + len(answer) > context_length:
+            raise ValueError(f"{record['question']!r} + {record['answer']!r} needs {len(prompt) + len(answer)} "
+                             f"tokens, more than context_length {context_length}")
+        ids[m, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        mask[m, len(prompt) : len(prompt) + len(answer)] = True
+    return ids, mask
+
+
+class QABatches:
+    """Seeded batches, a pure function of (seed, step) as `data.Batches` makes them, so resuming is exact:
+    batches(step) -> (image tokens float (B, K, E), ids (B, T'), answer mask (B, T')), T' the longest row."""
+
+    def __init__(self, tokens: torch.Tensor, records: Sequence[dict[str, Any]], ids: torch.Tensor,
+                 answer_mask: torch.Tensor, batch_size: int, seed: int = 0):
+        self.tokens, self.ids, self.mask = tokens, ids, answer_mask
+        self.image = torch.tensor([r["image"] for r in records])  # (M,)
+        self.order = Batches(list(records), batch_size, seed)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = self.order.indices(step)  # (B,)
+        width = int((self.ids[rows] != PAD_ID).sum(1).max())
+        return self.tokens[self.image[rows]].float(), self.ids[rows, :width], self.mask[rows, :width]
+
+
+@torch.no_grad()
+def generate(model: Thinker, image_tokens: torch.Tensor, prompts: torch.Tensor, max_new_tokens: int = 24,
+             temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Continue equal-length prompts (B, T0) after image tokens (B, K, D) one token at a time; greedy when
+    temperature is 0, else sampled from softmax(logits / temperature). A row stops at EOS (not returned) or after
+    max_new_tokens (capped by the context length). -> B lists of new token ids."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    B = prompts.shape[0]
+    limit = min(max_new_tokens, model.cfg.context_length - prompts.shape[1])
+    ids, done, out = prompts, torch.zeros(B, dtype=torch.bool), [[] for _ in range(B)]
+    for _ in range(max(limit, 0)):
+        logits = model(image_tokens, ids)[:, -1].float()  # (B, V)
+        if temperature > 0:
+            probs = (logits / temperature).softmax(-1)  # (B, V)
+            step = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+        else:
+            step = logits.argmax(-1)  # (B,)
+        step = step.cpu().masked_fill(done, PAD_ID)
+        for b in range(B):
+            if not done[b]:
+                if step[b] == EOS_ID:
+                    done[b] = True
+                else:
+                    out[b].append(int(step[b]))
+        if done.all():
+            break
+        ids = torch.cat([ids, step[:, None].to(ids.device)], dim=1)  # (B, T0 + t)
+    return out
+
+
+def answer_questions(model: Thinker, tokenizer: Tokenizer, image_tokens: torch.Tensor, questions: Sequence[str],
+                     max_new_tokens: int = 24, temperature: float = 0.0, generator: torch.Generator | None = None,
+                     batch_size: int = 256) -> list[str]:
+    """One answer per (image tokens (M, K, D), question) pair, generated in batches of equal prompt length."""
+    if len(questions) != image_tokens.shape[0]:
+        raise ValueError(f"{len(questions)} questions for {image_tokens.shape[0]} images")
+    model.eval()
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for m, prompt in enumerate(prompts):
+        groups[len(prompt)].append(m)
+    answers = [""] * len(questions)
+    device = next(model.parameters()).device
+    for rows in groups.values():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            ids = torch.tensor([prompts[m] for m in chunk], device=device)  # (b, T0)
+            new = generate(model, image_tokens[chunk].float().to(device), ids, max_new_tokens, temperature, generator)
+            for m, piece_ids in zip(chunk, new):
+                answers[m] = tokenizer.decode(piece_ids)
+    return answers
+
+
+def evaluate_qa(model: Thinker, tokenizer: Tokenizer, tokens: torch.Tensor, records: Sequence[dict[str, Any]]
+                ) -> dict[str, Any]:
+    """Exact-match accuracy per question type, overall and split by 1- and 2-object scenes. tokens (n, K, E) are
+    the images' cached tokens; records come from make_qa on the same data set. -> {"accuracy": {type: acc},
+    "one_object": {...}, "two_objects": {...}, "n": {type: count}, "examples": the first 8 answers}."""
+    answers = answer_questions(model, tokenizer, tokens[[r["image"] for r in records]],
+                               [r["question"] for r in records])
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for record, answer in zip(records, answers):
+        hit = answer == record["answer"]
+        hits[record["type"]].append(hit)
+        hits[f"{record['type']}/{record['n_objects']}"].append(hit)
+
+    def table(suffix: str = "") -> dict[str, float]:
+        return {t: float(np.mean(hits[t + suffix])) for t in QUESTION_TYPES if hits[t + suffix]}
+
+    return {"accuracy": table(), "one_object": table("/1"), "two_objects": table("/2"),
+            "n": {t: len(hits[t]) for t in QUESTION_TYPES},
+            "examples": [{"question": r["question"], "answer": r["answer"], "predicted": a}
+                         for r, a in zip(records[:8], answers[:8])]}
+
+
+def load_clip_encoder(run_dir: str | Path, device: str = "cpu") -> tuple[VisionEncoder, ShapesConfig]:
+    """The frozen VisionEncoder (eval mode, no gradients) of a `python -m tinyvit train` run, and the shapes
+    settings it was trained on (its config.json's "shapes", else shapes drawn at the encoder's image size)."""
+    run = Path(run_dir)
+    if not (run / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{run} has no checkpoint.pt: pass the folder of a `python -m tinyvit train` run")
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    configs = ckpt.get("configs", {})
+    if "vision" not in configs or "text" not in configs:
+        raise ValueError(f"{run / 'checkpoint.pt'} is not a CLIP run: its configs hold {sorted(configs)}, "
+                         "expected 'vision' and 'text'")
+    clip = CLIP(ViTConfig.from_dict(configs["vision"]), TextConfig.from_dict(configs["text"]))
+    clip.load_state_dict(ckpt["model"])
+    saved = read_json_object(run / "config.json").get("shapes") if (run / "config.json").is_file() else None
+    shapes = ShapesConfig(**saved) if saved else ShapesConfig(image_size=clip.vision_cfg.image_size)
+    return clip.visual.eval().requires_grad_(False).to(resolve_device(device)), shapes
+
+
+def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig = RECIPE, n_images: int = 3000,
+                  eval_images: int = 500, progress: bool = True) -> dict[str, Any]:
+    """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
+    then score it on eval_images "heldout" images (colour-shape pairs never trained on). -> {"model",
+    "tokenizer", "encoder", "shapes", "history", "metrics"}."""
+    encoder, shapes = load_clip_encoder(clip_run, train.device)
+    started = time.perf_counter()
+    train_set = ShapesDataset(n_images, shapes, "train", seed=train.seed)
+    tokenizer = train_tokenizer(train_set, seed=train.seed)
+    K = 1 if variant == "cls" else encoder.cfg.num_tokens
+    cfg = ThinkerConfig(vocab_size=tokenizer.vocab_size, dim=encoder.cfg.out_dim, variant=variant, image_tokens=K)
+    records = make_qa(train_set, seed=train.seed)
+    ids, mask = encode_qa(tokenizer, records, cfg.context_length)
+    tokens = encode_scenes(encoder, train_set, variant, progress=progress)  # (n, K, E)
+    torch.manual_seed(train.seed)
+    model = Thinker(cfg)
+    history = fit(model, thinker_batch_loss, QABatches(tokens, records, ids, mask, train.batch_size, train.seed),
+                  train, progress=progress)
+    train_seconds = time.perf_counter() - started
+    heldout = ShapesDataset(eval_images, shapes, "heldout", seed=train.seed)
+    scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, heldout, variant), make_qa(heldout, train.seed))
+    metrics = {**scores, "variant": variant, "image_tokens": K, "train_seconds": round(train_seconds, 1),
+               "steps": train.steps, "train_images": n_images, "train_questions": len(records),
+               "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
+    return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
+            "metrics": metrics}
+
+
+def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Path) -> Path:
+    """Write THINKER_DIR/thinker.pt (atomic: the LM's weights and config, its tokenizer, the CLIP run's path
+    relative to THINKER_DIR and its vision config) and then metrics.json. -> the checkpoint's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
+    model = result["model"]
+    path = save_checkpoint(
+        out / THINKER_FILE, model={k: v.cpu() for k, v in model.state_dict().items()},
+        configs={"thinker": model.cfg.to_dict(), "vision": result["encoder"].cfg.to_dict(),
+                 "shapes": asdict(result["shapes"])},
+        tokenizer=result["tokenizer"].to_bytes(), clip_run=os.path.relpath(Path(clip_run).resolve(), out.resolve()),
+        loss=[round(x, 4) for x in result["history"]["loss"]])
+    (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_thinker(run_dir: str | Path, device: str = "cpu") -> tuple[Thinker, Tokenizer, VisionEncoder]:
+    """A saved Thinker (eval mode), its tokenizer, and the frozen encoder of the CLIP run it reads; the encoder's
+    config must be the one the Thinker was trained with."""
+    run = Path(run_dir)
+    if not (run / THINKER_FILE).is_file():
+        raise FileNotFoundError(f"{run} holds no {THINKER_FILE}: pass the --out folder of `python -m tinyvit think`")
+    ckpt = load_checkpoint(run / THINKER_FILE)
+    if "thinker" not in ckpt.get("configs", {}):
+        raise ValueError(f"{run / THINKER_FILE} is a tinyvit checkpoint but not a Thinker (no 'thinker' config)")
+    clip_run = (run / ckpt["clip_run"]).resolve()
+    if not (clip_run / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"the CLIP run this Thinker reads is missing: {clip_run} (saved as "
+                                f"{ckpt['clip_run']!r}, relative to {run})")
+    encoder, _ = load_clip_encoder(clip_run, device)
+    check_configs(ckpt["configs"]["vision"], encoder.cfg.to_dict(), prefix="vision")
+    model = Thinker(ThinkerConfig.from_dict(ckpt["configs"]["thinker"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(resolve_device(device)).eval(), Tokenizer.from_bytes(ckpt["tokenizer"]), encoder
+
+
+def read_image(path: str | Path, image_size: int, resize: bool = False) -> torch.Tensor:
+    """An image file as the encoder's input (3, S, S); another size is refused unless `resize`."""
+    rgb = read_rgb(path, image_size)  # missing or unreadable files raise here
+    with Image.open(path) as img:
+        width, height = ImageOps.exif_transpose(img).size
+    if (width, height) != (image_size, image_size) and not resize:
+        raise ValueError(f"{path} is {width}x{height} pixels, but the encoder expects {image_size}x{image_size}; "
+                         "resize it, or pass --resize")
+    return to_tensor(rgb)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `think` and `ask` on the CLI's subparsers."""
+    think = sub.add_parser("think", help="train a Thinker that answers questions about shapes images from a CLIP "
+                           "run's frozen image tokens; write THINKER_DIR", description="Trains on the 'train' split, "
+                           "scores on colour-shape pairs never trained on ('heldout'); writes thinker.pt, metrics.json.")
+    think.add_argument("--run", required=True, metavar="CLIP_RUN_DIR", help="a `python -m tinyvit train` run")
+    think.add_argument("--out", required=True, metavar="THINKER_DIR")
+    think.add_argument("--variant", choices=("cls", "all"), default="cls",
+                       help="cls: projector(CLS), 1 image token (the chapter's); all: projector on all N tokens")
+    think.add_argument("--steps", type=int, default=RECIPE.steps)
+    think.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    think.add_argument("--images", type=int, default=3000, help="training images (default 3000)")
+    think.add_argument("--eval-images", type=int, default=500, help="held-out images scored at the end (default 500)")
+    think.add_argument("--seed", type=int, default=RECIPE.seed)
+    think.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
+    think.add_argument("--force", action="store_true", help="overwrite a Thinker in THINKER_DIR")
+    think.add_argument("--quiet", action="store_true", help="no progress bars")
+    think.set_defaults(func=cmd_think)
+    ask = sub.add_parser("ask", help="answer a question about an image with a trained Thinker")
+    ask.add_argument("--run", required=True, metavar="THINKER_DIR", help="a `python -m tinyvit think` output folder")
+    ask.add_argument("image", metavar="IMAGE")
+    ask.add_argument("question", metavar="QUESTION", help='e.g. "what colour is the star?"')
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    ask.add_argument("--max-tokens", type=int, default=24, help="answer length limit in pieces (default 24)")
+    ask.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ask.add_argument("--resize", action="store_true", help="resize an image of another size instead of refusing it")
+    ask.set_defaults(func=cmd_ask)
+
+
+def cmd_think(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / THINKER_FILE).exists() and not args.force:
+        raise ValueError(f"{out} already holds a {THINKER_FILE}; pass --force to overwrite it")
+    for name in ("steps", "batch_size", "images", "eval_images"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                           "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
+    result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet)
+    save_thinker(out, result, args.run)
+    acc = result["metrics"]["accuracy"]
+    print(f"held-out exact match ({args.variant}, {result['metrics']['image_tokens']} image token(s)): "
+          + ", ".join(f"{t} {acc[t]:.3f}" for t in QUESTION_TYPES) + f"; {result['metrics']['train_seconds']} s")
+    print(f"wrote {out}: {THINKER_FILE}, metrics.json")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    question = normalise_question(args.question)
+    if args.max_tokens <= 0:
+        raise ValueError(f"--max-tokens must be positive, got {args.max_tokens}")
+    model, tokenizer, encoder = load_thinker(args.run)
+    image = read_image(args.image, encoder.cfg.image_size, args.resize)  # (3, S, S)
+    tokens = image_tokens(encoder, image[None], model.cfg.variant)  # (1, K, E)
+    generator = torch.Generator().manual_seed(args.seed)
+    print(answer_questions(model, tokenizer, tokens, [question], args.max_tokens, args.temperature, generator)[0])
+    return 0
