@@ -5,7 +5,8 @@ AdamW; a step is forward, backward and optimiser update on one batch. The peer's
 system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True, dropout=0.1),
 and that dropout also drops attention probabilities, which takes PyTorch off its fused attention kernel in
 training. tinyvit keeps dropout 0.1 on the residual branches but none on attention (timm's default too); the
-third row, tinyvit with attention dropout 0.1, shows how much of the gap that choice is.
+third row, tinyvit with attention dropout 0.1, shows how much of the gap that choice is; the fourth, without any
+dropout, shows what the random masks cost (on the CPU, drawing them is a fifth of a step).
 The models are timed round by round, interleaved (this machine's speed drifts over tens of seconds), and the
 median per-round ratio is printed. Target: peer / tinyvit >= 1.5.
 
@@ -91,7 +92,8 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     tokens = torch.randint(4, text.vocab_size, (args.batch, text.context_length))
     models = {"tinyvit": CLIP(vision, text), "peer (TransformerEncoderLayer)": PeerCLIP(vision, text),
-              "tinyvit, attention dropout 0.1": CLIP(dataclasses.replace(vision, attn_dropout=0.1), text)}
+              "tinyvit, attention dropout 0.1": CLIP(dataclasses.replace(vision, attn_dropout=0.1), text),
+              "tinyvit, no dropout at all": CLIP(dataclasses.replace(vision, dropout=0.0), text)}
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert len(set(sizes.values())) == 1, f"the models differ in size: {sizes}"
     steps = {name: trainer(model, (images, tokens)) for name, model in models.items()}

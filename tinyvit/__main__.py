@@ -67,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, metavar="B")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--seed", type=int)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                       help="auto (default) picks CUDA, then MPS, else the CPU")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
+                       help="auto (the recipe's default) picks CUDA, then MPS, else the CPU")
     train.add_argument("--text-encoder", choices=("mean", "transformer"), help="mean-pooled tokens or a transformer")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice; "
+                       "1 is often faster on a machine busy with other work)")
     train.add_argument("--force", action="store_true", help="overwrite a complete run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -143,6 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a complete run; pass --force to overwrite it")
     recipe = recipe_from_args(args)
     vision, train = recipe["vision"], recipe["train"]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     resolve_device(train.device)  # a missing GPU fails here, before any work
     if args.data:
         dataset = load_manifest(args.data, vision.image_size)

@@ -101,6 +101,6 @@ def default_recipe() -> dict:
     return {
         "vision": ViTConfig(image_size=64, patch_size=8),
         "text": TextConfig(vocab_size=256, context_length=24),
-        "train": TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup_steps=50, eval_every=100),
+        "train": TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup_steps=50, eval_every=100, device="auto"),
         "shapes": ShapesConfig(image_size=64),
     }
