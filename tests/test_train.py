@@ -175,3 +175,21 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tmp_path):
+    images, toks = paired_data(32)
+    batches = batch_source(images, toks, CFG.batch_size)
+    cfg = dataclasses.replace(CFG, steps=8, checkpoint_every=3)
+    whole = fit(tiny_clip(), clip_batch_loss, batches, cfg, progress=False)
+
+    def crashing(step):
+        if step == 7:
+            raise RuntimeError("power cut")
+        return batches(step)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        fit(tiny_clip(), clip_batch_loss, crashing, cfg, checkpoint_path=tmp_path / "c.pt", progress=False)
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 6  # saved after steps 3 and 6
+    resumed = fit(tiny_clip(), clip_batch_loss, batches, cfg, resume=tmp_path / "c.pt", progress=False)
+    assert resumed["loss"] == whole["loss"]
