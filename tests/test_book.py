@@ -6,6 +6,7 @@ A full-page screenshot of each page is written to book/_build/screenshots/.
 """
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -208,8 +209,8 @@ def test_math_renders(visits):
 
 
 def saved_widget_values(notebook: Path) -> tuple[int, list[str]]:
-    """(number of widget views in outputs, texts the views must show): the `value` of every IntSlider,
-    Label and Text model reachable from a view, as saved in the notebook's widget state."""
+    """(number of widget views in outputs, texts the views must show): from the notebook's saved widget state,
+    the value of every slider, label, text and HTML model reachable from a view."""
     nb = nbformat.read(notebook, as_version=4)
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     roots = [out["data"][WIDGET_VIEW]["model_id"] for cell in nb.cells if cell.cell_type == "code"
@@ -220,11 +221,18 @@ def saved_widget_values(notebook: Path) -> tuple[int, list[str]]:
         if model_id in seen or model_id not in state:
             continue
         seen.add(model_id)
-        model = state[model_id]
-        stack += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(model["state"]))
-        if model["model_name"] in ("IntSliderModel", "LabelModel", "TextModel") and str(model["state"].get("value", "")):
-            texts.append(str(model["state"]["value"]))
-    return len(roots), texts
+        name, values = state[model_id]["model_name"], state[model_id]["state"]
+        stack += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(values))
+        if name in ("IntSliderModel", "LabelModel", "TextModel", "HTMLModel"):
+            texts.append(html.unescape(re.sub(r"<[^>]+>", " ", str(values.get("value", "")))))
+        elif name == "SelectionSliderModel" and values.get("_options_labels"):
+            texts.append(values["_options_labels"][values.get("index", 0)])
+    return len(roots), [text for text in texts if words(text)]
+
+
+def words(text: str) -> list[str]:
+    """Letters-and-digits runs: markup and punctuation differ between saved HTML and rendered text."""
+    return re.findall(r"[\w.]+", text)
 
 
 def test_widgets_render_from_saved_state(visits):
@@ -240,9 +248,10 @@ def test_widgets_render_from_saved_state(visits):
         visit = visits(doc)
         assert visit.widget_views == views, f"{doc}: {views} widget outputs saved, {visit.widget_views} on the page"
         assert visit.widget_views_unrendered == 0, f"{doc}: {visit.widget_views_unrendered} widgets left empty"
-        shown = Counter(visit.widget_text.split())
+        shown = Counter(words(visit.widget_text))
         for text in texts:
-            assert all(shown[word] for word in text.split()), f"{doc}: saved widget value {text!r} not shown"
+            missing = [word for word in words(text) if not shown[word]]
+            assert not missing, f"{doc}: saved widget value {text!r} not shown (missing {missing})"
     assert with_widgets, "no notebook in the toc has saved widget views (01's patch-size explorer should)"
 
 
@@ -264,6 +273,30 @@ def test_solution_cells_are_collapsed(visits):
             assert not solution["hidden_visible"], f"{doc}: a {solution['tags']} cell shows its hidden part"
     if expected_total == 0:
         pytest.skip("no notebook in the toc has hide-cell/hide-input/hide-output cells yet")
+
+
+def test_fact_check_page_shows_the_notebooks_table(browser, base_url):
+    """fact_check.md shows notebook 7's computed table, row for row (read from the notebook at build time)."""
+    if "fact_check" not in PAGES:
+        pytest.skip("the fact-check page is not in _toc.yml")
+    sys.path.insert(0, str(BOOK / "_ext"))
+    try:
+        from notebook_output import find_html_output
+    finally:
+        sys.path.remove(str(BOOK / "_ext"))
+    saved = find_html_output(BOOK / "notebooks" / "07_self_check.ipynb", "Chapter 22, fact-checked")
+    saved_rows = saved.count("<tr")
+    page, log = local_only_page(browser, base_url)
+    try:
+        page.goto(f"{base_url}fact_check.html")
+        table = page.locator("article .notebook-output table")
+        rows = table.locator("tr").count()
+        headers = table.locator("th").all_inner_texts()
+    finally:
+        page.close()
+    assert saved_rows > 10 and rows == saved_rows
+    assert "verdict" in [h.strip().lower() for h in headers]
+    assert log.problems() == []
 
 
 def follow(page, selector: str, base_url: str, limit: int) -> list[str]:
@@ -325,14 +358,18 @@ def test_search_finds_cls(browser, base_url):
     assert log.problems() == []
 
 
-def test_no_page_refers_to_outside_scripts_or_styles(site):
-    """A static check of every built page (also run by the build): no <script>/<link>/<img> from elsewhere."""
+def test_no_page_refers_to_outside_files_or_repeats_a_script(site):
+    """A static check of every built page (the build runs it too): no <script>/<link>/<img> from elsewhere,
+    and no script included twice (a second MathJax breaks every formula on the page)."""
     sys.path.insert(0, str(BOOK / "_ext"))
     try:
-        from offline_book import remote_references
+        from offline_book import remote_references, repeated_scripts
     finally:
         sys.path.remove(str(BOOK / "_ext"))
-    offenders = {str(p.relative_to(site)): refs for p in site.rglob("*.html")
-                 if (refs := remote_references(p.read_text(encoding="utf-8")))}
-    assert offenders == {}
+    pages = [p for p in site.rglob("*.html") if p.relative_to(site).parts[0] not in ("_static", "_sources")]
+    assert len(pages) >= len(PAGES)
+    remote = {str(p.relative_to(site)): refs for p in pages if (refs := remote_references(p.read_text("utf-8")))}
+    repeated = {str(p.relative_to(site)): refs for p in pages if (refs := repeated_scripts(p.read_text("utf-8")))}
+    assert remote == {} and repeated == {}
     assert remote_references('<script src="https://cdn.example/x.js"></script>') == ["https://cdn.example/x.js"]
+    assert repeated_scripts('<script src="a.js?v=1"></script><script src="a.js?v=1"></script>') == ["a.js"]

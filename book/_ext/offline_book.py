@@ -4,7 +4,8 @@ MathJax and the widget renderer are pointed at the book's own copies in _config.
 sphinx-thebe, which Jupyter Book always loads: it writes the address of its CDN bundle into every page
 (fetched only when a reader starts a live kernel, which this book does not offer). This extension removes
 those scripts, then checks every written page for an outside address in a <script>, <link>, <img> or
-<iframe> and reports each as a Sphinx warning, so that `jupyter-book build -W` fails on it.
+<iframe>, and for a script included twice (MathJax loaded twice breaks every formula), and reports each as
+a Sphinx warning, so that `jupyter-book build -W` fails on it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ REMOTE_ATTR = re.compile(r"<(script|link|img|iframe)\b[^>]*?\b(src|href)=[\"']?(
 # An outside address inside an inline script (not JSON data such as saved widget state).
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\btype=\"application/[^\"]*json)[^>]*>(.*?)</script>", re.I | re.S)
 REMOTE_URL = re.compile(r"https?://[^\s\"'<>;]+")
+SCRIPT_SRC = re.compile(r"<script\b[^>]*?\bsrc=[\"']([^\"'?#]+)", re.I)
 
 
 def drop_thebe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
@@ -43,15 +45,27 @@ def remote_references(html: str) -> list[str]:
     return found
 
 
+def repeated_scripts(html: str) -> list[str]:
+    """Script files that a page includes more than once (query strings such as ?v=hash ignored)."""
+    sources = SCRIPT_SRC.findall(html)
+    return sorted({src for src in sources if sources.count(src) > 1})
+
+
 def check_pages(app: Sphinx, exception: Exception | None) -> None:
-    """Warn about every outside address in the written HTML pages."""
+    """Warn about every outside address and every repeated script in the written HTML pages."""
     if exception is not None or app.builder.format != "html":
         return
     outdir = Path(app.outdir)
     for page in sorted(outdir.rglob("*.html")):
-        for url in remote_references(page.read_text(encoding="utf-8")):
+        if page.relative_to(outdir).parts[0] in ("_static", "_sources"):  # theme templates and copies, not pages
+            continue
+        html = page.read_text(encoding="utf-8")
+        for url in remote_references(html):
             logger.warning("%s loads %s from outside the book; serve it from book/_vendor instead",
                            page.relative_to(outdir), url)
+        for src in repeated_scripts(html):
+            logger.warning("%s includes %s more than once (is there a book/_static folder?)",
+                           page.relative_to(outdir), src)
 
 
 def setup(app: Sphinx) -> dict:

@@ -1,0 +1,180 @@
+"""The learner's own path: JupyterLab started headless, notebook 1 opened in Chromium, Run All Cells, and the
+patch-size explorer answering its slider.
+
+Needs /usr/bin/chromium; run with `pytest -m browser tests/test_lab.py` (about a minute).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser_support import chromium, free_port, local_only_page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "notebooks/01_pixels_to_patches.ipynb"
+SCREENSHOT = REPO / "book" / "_build" / "screenshots" / "jupyterlab_01_pixels_to_patches.png"  # test artifact
+IMAGE_SIZE = 224  # notebook 1 explores ViTConfig().image_size
+
+# Settings for this throw-away server only: no autosave (running cells must not rewrite the committed notebook),
+# every cell kept in the page (so each prompt can be read), no requests for news or updates.
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                        "checkForUpdates": False},
+}
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"jupyter lab did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server rooted at the repository, on a free port, stopped (with its kernels) afterwards."""
+    settings = tmp_path / "settings"
+    for name, values in LAB_SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+    port = free_port()
+    log = tmp_path / "lab.log"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+               "--ServerApp.token=", "--ServerApp.password=", "--allow-root", f"--ServerApp.root_dir={REPO}",
+               f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    with open(log, "w") as log_file:
+        # Its own session, so stopping it can reach the kernels it started and nothing else.
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        wait_for_http(base + "api/status", server, log)
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        try:
+            os.killpg(server.pid, signal.SIGKILL)  # any kernel left behind in the server's session
+        except ProcessLookupError:
+            pass
+
+
+PROMPTS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+  .map(p => p.innerText.trim())"""
+ERROR_OUTPUTS_JS = """() => [...document.querySelectorAll(
+  '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+  .map(o => o.innerText).filter(t => /Traceback|\\w*Error\\b/.test(t))"""
+
+
+def wait_for_idle_kernel(base: str, timeout: float = 60) -> None:
+    """Wait until the server has exactly one kernel and it is idle (started and ready)."""
+    deadline = time.monotonic() + timeout
+    kernels = []
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(base + "api/kernels", timeout=5) as response:
+            kernels = json.load(response)
+        if len(kernels) == 1 and kernels[0]["execution_state"] == "idle":
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no idle kernel after {timeout} s: {kernels}")
+
+
+def menu(page, top: str, item: str) -> None:
+    """Click a JupyterLab menu entry, e.g. Run > Run All Cells."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(top)}$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).click()
+
+
+def patch_slider(page):
+    """The patch-size explorer's slider (an ipywidgets SelectionSlider labelled "patch size")."""
+    label = page.locator(".widget-label", has_text="patch size")
+    return page.locator(".jp-Notebook .widget-slider", has=label).first
+
+
+def explorer_state(page) -> tuple[int, str, str]:
+    """(patch size on the explorer's slider readout, text of its info line, address of its picture)."""
+    label = page.locator(".widget-label", has_text="patch size")
+    explorer = page.locator(".jp-Notebook .widget-vbox", has=page.locator(".widget-slider", has=label)).last
+    readout = patch_slider(page).locator(".widget-readout").inner_text().strip()
+    picture = explorer.locator("img").first.get_attribute("src") or ""
+    return int(readout), explorer.locator(".widget-html").first.inner_text(), picture
+
+
+def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
+    saved = (REPO / NOTEBOOK).read_bytes()
+    with chromium() as browser:
+        page, log = local_only_page(browser, lab, viewport=(1400, 1000))
+        page.set_default_timeout(30_000)
+        try:
+            page.goto(f"{lab}lab/tree/{NOTEBOOK}")
+            page.wait_for_selector(".jp-Notebook .jp-CodeCell")
+            # JupyterLab asks which kernel to start; a learner keeps the proposed one (the venv's Python 3).
+            select = page.locator(".jp-Dialog", has_text="Select Kernel").locator("button", has_text="Select")
+            try:
+                select.click(timeout=15_000)
+            except PlaywrightTimeout:
+                pass  # no dialog: the kernel started on its own
+            wait_for_idle_kernel(lab)
+
+            # The saved notebook already shows execution counts: clear them here (not on disk) first.
+            menu(page, "Edit", "Clear Outputs of All Cells")
+            page.wait_for_function(f"() => ({PROMPTS_JS})().every(p => p === '[ ]:')")
+            menu(page, "Run", "Run All Cells")
+
+            # Done when every code cell shows an execution count: "[*]" is running, "[ ]" has not run.
+            page.wait_for_function(f"""() => {{
+                const prompts = ({PROMPTS_JS})();
+                return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p));
+            }}""", timeout=240_000)
+            prompts = page.evaluate(PROMPTS_JS)
+            counts = [int(p.strip("[]:")) for p in prompts]
+            assert counts == sorted(counts) and len(set(counts)) == len(counts), f"cells ran out of order: {prompts}"
+            assert page.evaluate(ERROR_OUTPUTS_JS) == []
+
+            # The explorer renders live (a kernel-backed widget) at the chapter's patch size.
+            patch, info, picture = explorer_state(page)
+            assert patch == 16 and "197 tokens" in info, info
+
+            # Move the slider one step with the keyboard, as a learner might; the kernel recomputes the text.
+            patch_slider(page).locator(".noUi-handle").focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("""() => [...document.querySelectorAll('.jp-Notebook .widget-html')]
+                .some(e => e.innerText.includes('tokens') && !e.innerText.includes('197 tokens'))""", timeout=30_000)
+            wait_for_idle_kernel(lab)  # the picture is redrawn after the text
+            new_patch, new_info, new_picture = explorer_state(page)
+            tokens = (IMAGE_SIZE // new_patch) ** 2 + 1
+            assert new_patch > patch and f"{tokens:,} tokens" in new_info, (new_patch, new_info)
+            assert new_picture != picture, "the patch grid picture was not redrawn"
+        finally:
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+            page.close()
+    assert log.problems() == [], "\n".join(log.problems())
+    assert (REPO / NOTEBOOK).read_bytes() == saved, "running the notebook in JupyterLab changed the committed file"
