@@ -109,7 +109,9 @@ def test_bad_input_exits_2_with_one_clear_line(work, tmp_path, capsys):
     shutil.copy(manifest.parent / "heldout_00004.png", broken / "heldout_00003.png")
     err = one_error_line(capsys, tiny_train_args(tmp_path / "c", "--data", broken / "annotations.json"))
     assert "heldout_00005.png is not a readable image" in err
-    assert not any((tmp_path / d).exists() for d in "abc")  # failed runs leave no folder behind
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "e", "--data", manifest) + ["--batch-size", "100"])
+    assert "holds 24 items, fewer than the batch size 100" in err
+    assert not any((tmp_path / d).exists() for d in "abce")  # failed runs leave no folder behind
     err = one_error_line(capsys, ["eval", "--run", tmp_path, "--data", manifest])
     assert "has no checkpoint.pt" in err
     err = one_error_line(capsys, ["embed", "--run", run_dir, broken / "heldout_00005.png", tmp_path / "gone.png",

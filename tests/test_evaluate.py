@@ -89,8 +89,8 @@ class WordTokenizer:
 def test_zero_shot_picks_the_nearest_class_and_scores_accuracy():
     images = torch.tensor([[1.0, 0.2, 0.0], [0.0, 0.1, 1.0], [0.1, 0.9, 0.3], [0.6, 0.5, 0.0]])
     classes = ["red", "green", "blue"]
-    predictions, acc = zero_shot_classify(WordModel(), WordTokenizer(), images, classes, labels=torch.tensor([0, 2, 1, 1]),
-                                          templates=["{}", "a {}"])
+    labels = torch.tensor([0, 2, 1, 1])
+    predictions, acc = zero_shot_classify(WordModel(), WordTokenizer(), images, classes, labels, ["{}", "a {}"])
     assert predictions.tolist() == [0, 2, 1, 0]
     assert acc == pytest.approx(3 / 4)
     assert zero_shot_classify(WordModel(), WordTokenizer(), images, classes)[1] is None

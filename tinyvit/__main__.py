@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, metavar="RUN_DIR")
     ev.add_argument("--data", required=True, metavar="MANIFEST")
     ev.add_argument("--classes", metavar="FILE", help="one prompt per line, line i = class i; adds zero_shot_top1")
-    ev.add_argument("--label-key", default="label", metavar="KEY", help="integer field holding the class (default label)")
+    ev.add_argument("--label-key", default="label", metavar="KEY",
+                    help="integer field holding the class (default: label)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     ev.set_defaults(func=cmd_eval)
     em = sub.add_parser("embed", help="write L2-normalised image embeddings (N, 256) to a .pt (torch) or .npy file")
@@ -152,6 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolve_device(train.device)  # a missing GPU fails here, before any work
     if args.data:
         dataset = load_manifest(args.data, vision.image_size)
+        if len(dataset) < train.batch_size:
+            raise ValueError(f"{args.data} holds {len(dataset)} items, fewer than the batch size {train.batch_size}; "
+                             f"pass --batch-size {len(dataset)} or less")
         tokenizer = Tokenizer.train(dataset.captions, recipe["text"].vocab_size)
 
         def score(model: CLIP, n: int) -> dict:  # the first n training items: a manifest has no held-out part
@@ -180,10 +183,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        started = time.perf_counter()
-        history = fit(model, clip_batch_loss, batches, train, evaluate=lambda m: score(m, 200), checkpoint_path=stage / "checkpoint.pt",
-                      extra_state={"configs": model.configs(), "tokenizer": tokenizer.to_bytes()}, progress=not args.quiet)
-        metrics = {**score(model, EVAL_ITEMS), "train_seconds": round(time.perf_counter() - started, 1), "steps": train.steps,
+        history = fit(model, clip_batch_loss, batches, train, evaluate=lambda m: score(m, 200),
+                      checkpoint_path=stage / "checkpoint.pt", progress=not args.quiet,
+                      extra_state={"configs": model.configs(), "tokenizer": tokenizer.to_bytes()})
+        metrics = {**score(model, EVAL_ITEMS), "train_seconds": round(history["time"][-1], 1), "steps": train.steps,
                    "data": args.data or "shapes (held-out colour-shape pairs)"}
         tokenizer.save(stage / "tokenizer.model")
         config = {section: cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
@@ -208,7 +211,8 @@ def summary(metrics: dict, manifest: bool) -> str:
     if manifest:
         return (f"on {n} training items: image->text recall@1 {r1:.3f}, @5 {metrics['i2t_recall@5']:.3f} "
                 f"(score held-out data with: python -m tinyvit eval); {metrics['train_seconds']} s of training")
-    return (f"held-out colour-shape pairs never seen in training ({n} images, {metrics['n_zero_shot']} with one shape): "
+    return (f"held-out colour-shape pairs never seen in training ({n} images, "
+            f"{metrics['n_zero_shot']} with one shape): "
             f"zero-shot shape accuracy {metrics['shape_zero_shot']:.3f}, colour {metrics['colour_zero_shot']:.3f}, "
             f"image->text recall@1 {r1:.3f} (chance {1 / n:.3f}); {metrics['train_seconds']} s of training")
 
@@ -236,7 +240,8 @@ def save_loss_plot(history: dict, path: Path) -> None:
     ax = fig.subplots()
     ax.plot(history["step"], history["loss"], lw=1, label="training loss")
     ax.set(xlabel="step", ylabel="symmetric InfoNCE loss")
-    scores = [k for k in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1") if history["eval"] and k in history["eval"][0]]
+    evals = history["eval"]
+    scores = [k for k in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1") if evals and k in evals[0]]
     if scores:
         ax2 = ax.twinx()
         for key in scores:

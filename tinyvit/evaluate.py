@@ -109,7 +109,7 @@ def class_embeddings(model: nn.Module, tokenizer, class_prompts: Sequence[str | 
     templates = list(templates) if templates else ["{}"]
     if not all("{}" in t for t in templates):
         raise ValueError(f"every template needs a '{{}}' where the class name goes, got {templates!r}")
-    per_class = [[t.format(entry) for t in templates] if isinstance(entry, str) else list(entry) for entry in class_prompts]
+    per_class = [[t.format(e) for t in templates] if isinstance(e, str) else list(e) for e in class_prompts]
     if not all(per_class):
         raise ValueError("every class needs at least one prompt")
     emb = embed_texts(model, tokenizer, [text for texts in per_class for text in texts])  # (sum of prompts, E)

@@ -54,9 +54,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay only on the weights of Linear and Conv layers; never on biases, norms, embedding tables,
     CLS/position tokens or the temperature, which are offsets and scales rather than maps to shrink."""
-    decay_ids = {
-        id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.requires_grad
-    }
+    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
     params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if id(p) in decay_ids], "weight_decay": weight_decay},
@@ -181,7 +179,8 @@ def fit(
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", lr=f"{lr:.1e}")
         if evaluate is not None and (done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0)):
             run_eval(done)
-        if checkpoint_path is not None and (done == until or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)):
+        periodic = cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0
+        if checkpoint_path is not None and (done == until or periodic):
             save(done)
     bar.close()
     return history
