@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyvit.config import TextConfig, ViTConfig
-from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits
+from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, default_recipe
 from tinyvit.text import TextEncoder
 
 
@@ -36,7 +36,7 @@ class PeerVision(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim) * 0.02)
-        self.pos_drop = nn.Dropout(cfg.dropout)
+        self.pos_drop = nn.Dropout(0.1)  # the source system: dropout 0.1 everywhere
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.mlp_dim, dropout=0.1, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
@@ -82,14 +82,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="training steps per model per round")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=default_recipe()["vision"].image_size)
+    parser.add_argument("--patch-size", type=int, default=default_recipe()["vision"].patch_size)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    vision = ViTConfig(image_size=args.image_size, patch_size=args.patch_size)  # dim 128, depth 4, heads 2, mlp 512
-    text = TextConfig(vocab_size=256, context_length=24)
+    recipe = default_recipe()  # tinyvit's CLIP as `python -m tinyvit train` builds it
+    vision = dataclasses.replace(recipe["vision"], image_size=args.image_size, patch_size=args.patch_size)
+    text = recipe["text"]
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     tokens = torch.randint(4, text.vocab_size, (args.batch, text.context_length))
     models = {"tinyvit": CLIP(vision, text), "peer (TransformerEncoderLayer)": PeerCLIP(vision, text),

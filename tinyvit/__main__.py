@@ -231,7 +231,8 @@ def publish(stage: Path, out: Path) -> None:
 
 
 def save_loss_plot(history: dict, path: Path) -> None:
-    """Loss per step, and the evaluation scores on a second axis. Uses a bare Figure: no pyplot state."""
+    """Loss per step, and the periodic evaluation scores (held-out for shapes, training items for a manifest) on a
+    second axis. Uses a bare Figure: no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -246,7 +247,7 @@ def save_loss_plot(history: dict, path: Path) -> None:
         ax2 = ax.twinx()
         for key in scores:
             ax2.plot([e["step"] for e in history["eval"]], [e[key] for e in history["eval"]], "o-", label=key)
-        ax2.set(ylabel="held-out score", ylim=(0, 1))
+        ax2.set(ylabel=f"evaluation score ({evals[0]['n']} items)", ylim=(0, 1))
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     fig.tight_layout()
