@@ -180,3 +180,24 @@ def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete(work, tmp_
     assert cli.main(args) == 2
     assert "plotting failed" in capsys.readouterr().err
     assert sorted(os.listdir(old)) == sorted(cli.RUN_FILES) and (old / "checkpoint.pt").read_bytes() == before
+
+
+def test_config_file_merges_over_the_recipe_and_flags_win(tmp_path):
+    source = tmp_path / "vision_tiny.json"  # the source system's key names
+    source.write_text(json.dumps({"img_size": 32, "patch": 8, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128}))
+    args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(source), "--patch-size", "16"])
+    recipe = cli.recipe_from_args(args)
+    assert (recipe["vision"].image_size, recipe["vision"].patch_size, recipe["vision"].dim) == (32, 16, 64)
+    assert recipe["shapes"].image_size == 32 and recipe["train"] == cli.default_recipe()["train"]
+    sections = tmp_path / "run_config.json"
+    sections.write_text(json.dumps({"train": {"steps": 50, "device": "cpu"}, "data": "shapes"}))
+    args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(sections), "--lr", "0.01"])
+    train = cli.recipe_from_args(args)["train"]
+    assert (train.steps, train.device, train.lr, train.batch_size) == (50, "cpu", 0.01, 64)
+    args = cli.build_parser().parse_args(["train", "--out", "x", "--steps", "30"])
+    assert cli.recipe_from_args(args)["train"].warmup_steps == 3  # a short run gets a short warm-up
+
+
+def test_threads_must_be_positive(tmp_path, capsys):
+    err = one_error_line(capsys, tiny_train_args(tmp_path / "t", "--threads", "0"))
+    assert "--threads must be at least 1, got 0" in err
