@@ -1,0 +1,79 @@
+"""How much does one image token carry? Train the Thinker twice on the same questions, reading (a) the chapter's
+single projector(CLS) token or (b) the projector applied to all N tokens, and score exact-match answers on
+held-out colour-shape pairs, per question type and for one- and two-object scenes.
+
+    python benchmarks/thinker_qa.py --run CLIP_RUN_DIR [--out DIR] [--steps N] [--images N] [--threads N]
+
+With --out, each Thinker is saved as a `python -m tinyvit think` folder (DIR/cls, DIR/all) that `ask` can use.
+Targets (issue 6): shape and colour >= 90 % with (a); each training <= 5 minutes on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from tinyvit.data import ShapesDataset
+from tinyvit.text import UNK_ID, Tokenizer
+from tinyvit.thinker import QUESTION_TYPES, RECIPE, load_clip_encoder, make_qa, save_thinker, train_thinker
+from tinyvit.train import load_checkpoint
+
+
+def tokenizer_coverage(run: Path, n_images: int) -> str:
+    """How the CLIP run's caption tokenizer copes with the questions, against one trained on the QA texts."""
+    clip_tok = Tokenizer.from_bytes(load_checkpoint(run / "checkpoint.pt")["tokenizer"])
+    _, shapes = load_clip_encoder(run)
+    records = make_qa(ShapesDataset(n_images, shapes, "train"))
+    questions = sorted({r["question"] for r in records})
+    with_unk = sum(UNK_ID in clip_tok.encode(q) for q in questions)
+    pieces = sum(len(clip_tok.encode(q)) for q in questions) / len(questions)
+    return (f"CLIP caption tokenizer: {with_unk}/{len(questions)} distinct questions hold an unknown piece, "
+            f"{pieces:.1f} pieces per question")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, metavar="CLIP_RUN_DIR")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="save the two Thinkers as DIR/cls and DIR/all")
+    parser.add_argument("--steps", type=int, default=RECIPE.steps)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--eval-images", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variants", nargs="+", default=["cls", "all"], choices=["cls", "all"])
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = dataclasses.replace(RECIPE, steps=args.steps, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
+    print(tokenizer_coverage(args.run, 300))
+    results = {}
+    for variant in args.variants:
+        result = train_thinker(args.run, variant, train, args.images, args.eval_images, progress=sys.stderr.isatty())
+        results[variant] = result["metrics"]
+        if args.out:
+            save_thinker(args.out / variant, result, args.run)
+    names = {v: f"{v} ({results[v]['image_tokens']} token{'s' * (results[v]['image_tokens'] > 1)})" for v in results}
+    print(f"\nexact match on {args.eval_images} held-out images ({train.steps} steps, {args.images} training images, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"{'question':<22}" + "".join(f"{names[v]:>18}" for v in results))
+    for scope, label in (("accuracy", "{t}"), ("one_object", "{t}, 1 object"), ("two_objects", "{t}, 2 objects")):
+        for t in QUESTION_TYPES:
+            cells = [results[v][scope].get(t) for v in results]
+            print(f"{label.format(t=t):<22}" + "".join(f"{c:>18.3f}" if c is not None else f"{'-':>18}" for c in cells))
+    print(f"{'questions (n)':<22}" + "".join(f"{sum(results[v]['n'].values()):>18}" for v in results))
+    print(f"{'training seconds':<22}" + "".join(f"{results[v]['train_seconds']:>18.1f}" for v in results))
+    print(f"{'final loss':<22}" + "".join(f"{results[v]['final_loss']:>18.3f}" for v in results))
+    if "cls" in results:
+        acc = results["cls"]["accuracy"]
+        for t in ("shape", "colour"):
+            print(f"target {t} >= 0.90 with cls: {'met' if acc[t] >= 0.9 else 'MISSED'} ({acc[t]:.3f})")
+    for v in results:
+        seconds = results[v]["train_seconds"]
+        print(f"target training <= 300 s ({v}): {'met' if seconds <= 300 else 'MISSED'} ({seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
