@@ -1,13 +1,27 @@
-"""tinyvit: the chapter's ViT-Tiny vision encoder and its CLIP-style pretraining, small enough to read and run on a CPU."""
+"""tinyvit: the chapter's ViT-Tiny vision encoder and its CLIP-style pretraining, small enough to read and run on a CPU.
+
+Figures (`tinyvit.viz`), notebook widgets (`tinyvit.widgets`) and exercise graders (`tinyvit.checks`) are imported as
+submodules, so `import tinyvit` needs neither matplotlib nor ipywidgets.
+"""
 from .config import TextConfig, TrainConfig, ViTConfig, seed_everything
+from .contrastive import CLIP, clip_logits, clip_loss, default_recipe, one_way_loss
+from .evaluate import (
+    embed_images, evaluate_clip, evaluate_shapes, recall_at_k, similarity_matrix, zero_shot_classify,
+)
 from .model import (
     MLP, Attention, Block, VisionEncoder, VisionTransformer, forward_flops, param_report, resample_pos_embed,
 )
 from .patches import PatchEmbed, patchify, unpatchify
+from .text import TextEncoder, Tokenizer
+from .train import fit, load_checkpoint, lr_at, resolve_device, save_checkpoint
 
 __all__ = [
     "ViTConfig", "TextConfig", "TrainConfig", "seed_everything",
     "patchify", "unpatchify", "PatchEmbed",
     "Attention", "MLP", "Block", "VisionTransformer", "VisionEncoder", "param_report", "resample_pos_embed",
     "forward_flops",
+    "Tokenizer", "TextEncoder",
+    "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe",
+    "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",
+    "similarity_matrix", "recall_at_k", "zero_shot_classify", "embed_images", "evaluate_clip", "evaluate_shapes",
 ]
