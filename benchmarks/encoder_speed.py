@@ -68,7 +68,7 @@ def main() -> None:
     cfg = ViTConfig()
     images = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
     models = {"tinyvit": VisionEncoder(cfg), "peer": PeerEncoder(cfg)}
-    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
 
     def infer(m):
         m.eval()

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from tinyvit import Attention, Block, ViTConfig, VisionEncoder, VisionTransformer, param_report, resample_pos_embed
+from tinyvit.model import Dropout
 from tinyvit.patches import patchify
 
 SMALL = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64)
@@ -227,3 +228,25 @@ def test_bad_inputs_reach_the_model_as_clear_errors():
 def test_encode_image_is_unit_length():
     emb = VisionEncoder(SMALL).eval().encode_image(torch.randn(3, 3, 32, 32))
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
+    drop = Dropout(0.25)
+    x = torch.ones(200_000)
+    y = drop(x)
+    zero = (y == 0).float().mean().item()
+    assert abs(zero - 0.25) < 0.01
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.75)))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_dropout_gradient_is_the_scaled_mask():
+    drop = Dropout(0.5)
+    x = torch.randn(1000, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() * 2.0)
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\), got 1.0"):
+        Dropout(1.0)
