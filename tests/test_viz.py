@@ -112,3 +112,45 @@ def test_table_renders_html_and_markdown():
     assert "150,528" in repr(viz.Table(["n"], [[150528]]))
     with pytest.raises(ValueError, match="has 1 cells, expected 2"):
         viz.Table(["a", "b"], [["only"]])
+
+
+def test_show_attention_grid_draws_one_panel_per_map_on_one_scale(image):
+    maps = torch.rand(2, 3, 16)  # (layers, heads, P) for a 4x4 grid
+    maps[1, 2, 5] = 3.0
+    fig = viz.show_attention_grid(image, maps, 8, row_labels=["layer 0", "layer 1"], col_labels=["h0", "h1", "h2"])
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 6 and panels[5].get_title() == "layer 1, h2"
+    overlay = panels[5].images[1].get_array()
+    assert overlay.shape == (32, 32) and overlay[8, 8 + 4] == 3.0  # patch 5 = row 1, column 1
+    assert all(ax.images[1].get_clim() == (0.0, 3.0) for ax in panels)
+    own = viz.show_attention_grid(image, maps, 8, same_scale=False)
+    assert [ax for ax in own.axes if ax.images][0].images[1].get_clim()[1] == pytest.approx(float(maps[0, 0].max()))
+    with pytest.raises(ValueError, match=r"\(rows, cols, P\), got \(3, 16\)"):
+        viz.show_attention_grid(image, maps[0], 8)
+    with pytest.raises(ValueError, match="col_labels has 2 labels for 3 cols"):
+        viz.show_attention_grid(image, maps, 8, col_labels=["a", "b"])
+
+
+def test_show_images_puts_each_caption_over_its_image():
+    images = torch.rand(5, 3, 8, 8)
+    fig = viz.show_images(images, [f"caption {i}" for i in range(4)] + ["a much longer caption that needs wrapping"],
+                          ncols=3)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 6 and len(shown) == 5
+    np.testing.assert_allclose(shown[2].images[0].get_array(), images[2].permute(1, 2, 0).numpy(), rtol=1e-6)
+    assert shown[1].get_title() == "caption 1" and "\n" in shown[4].get_title()
+    with pytest.raises(ValueError, match="4 captions for 5 images"):
+        viz.show_images(images, ["x"] * 4)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\), got \(3, 8, 8\)"):
+        viz.show_images(images[0])
+
+
+def test_show_confusion_writes_counts_true_by_predicted():
+    counts = torch.tensor([[5, 1], [0, 4]])
+    fig = viz.show_confusion(counts, ["circle", "square"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["5", "1", "0", "4"]
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["circle", "square"]
+    with pytest.raises(ValueError, match=r"\(3, 3\) count matrix for 3 class names, got \(2, 2\)"):
+        viz.show_confusion(counts, ["a", "b", "c"])

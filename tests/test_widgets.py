@@ -8,8 +8,8 @@ import torch
 
 from tinyvit import ViTConfig, VisionEncoder
 from tinyvit.checks import QUESTIONS
-from tinyvit.widgets import (AttentionExplorer, PatchExplorer, Quiz, divisors_between, format_bytes, patch_facts,
-                             quiz_panel)
+from tinyvit.widgets import (AttentionExplorer, LiveLoss, PatchExplorer, Quiz, divisors_between, format_bytes,
+                             patch_facts, quiz_panel)
 
 PNG = b"\x89PNG"
 
@@ -84,3 +84,19 @@ def test_quiz_gives_feedback_for_right_and_wrong_answers():
     assert "Not quite" in quiz.feedback.value
     panel = quiz_panel(QUESTIONS)
     assert len(panel.children) == 5 and all(isinstance(q, Quiz) for q in panel.children)
+
+
+def test_live_loss_records_what_the_trainer_sees_and_redraws_every_few_steps():
+    live = LiveLoss(every=3)
+    loss_fn = live.wrap(lambda model, batch: (model * batch).sum())
+    weight = torch.tensor(2.0, requires_grad=True)
+    losses = [loss_fn(weight, torch.tensor(float(x))) for x in (1, 2)]
+    assert [loss.item() for loss in losses] == [2.0, 4.0] and losses[0].requires_grad  # handed back untouched
+    assert live.losses == [2.0, 4.0] and live.picture.value == b"" and live.info.value == "no steps yet"
+    loss_fn(weight, torch.tensor(3.0))
+    assert live.info.value == "step 3: loss 6.000" and bytes(live.picture.value).startswith(PNG)
+    assert not plt.get_fignums()
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        LiveLoss(every=0)
+    with pytest.raises(ValueError, match="no losses to draw yet"):
+        LiveLoss().draw()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -118,6 +119,75 @@ def show_attention_map(image: torch.Tensor, attention: torch.Tensor, patch_size:
     ax.imshow(heat.numpy(), cmap="inferno", alpha=alpha)
     ax.set_title(title or "attention over the patches", fontsize=10)
     ax.set_axis_off()
+    return fig
+
+
+def show_attention_grid(image: torch.Tensor, maps: torch.Tensor, patch_size: int,
+                        row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+                        title: str | None = None, same_scale: bool = True, tile_inches: float = 2.0):
+    """Per-patch maps (R, K, P), e.g. heads x layers, each drawn over the (C, H, W) image in an R x K grid.
+    `same_scale` gives every panel one colour scale from 0 (with a colour bar), so a flat map looks flat."""
+    if maps.ndim != 3:
+        raise ValueError(f"expected maps of shape (rows, cols, P), got {tuple(maps.shape)}")
+    R, K, _ = maps.shape
+    for name, labels, count in (("row_labels", row_labels, R), ("col_labels", col_labels, K)):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"{name} has {len(labels)} labels for {count} {name[:3]}s of maps")
+    size = (tile_inches * K + (0.6 if same_scale else 0), tile_inches * R + 0.4)
+    fig, axes = plt.subplots(R, K, figsize=size, squeeze=False, layout="constrained")
+    for (r, k), ax in np.ndenumerate(axes):
+        label = ", ".join(x for x in (row_labels[r] if row_labels else "", col_labels[k] if col_labels else "") if x)
+        show_attention_map(image, maps[r, k], patch_size, ax=ax, title=label or None)
+        ax.title.set_fontsize(8)
+    if same_scale:
+        for ax in axes.flat:
+            ax.images[1].set_clim(0.0, float(maps.max()))
+        fig.colorbar(axes[0, 0].images[1], ax=axes, fraction=0.03, pad=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def show_images(images: torch.Tensor, captions: Sequence[str] | None = None, ncols: int = 4,
+                tile_inches: float = 2.0, title: str | None = None):
+    """(B, C, H, W) images in [0, 1] in rows of `ncols`, each with its caption (wrapped) above it."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images")
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    lines = max((len(textwrap.wrap(c, 24)) for c in captions), default=1) if captions is not None else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * tile_inches, nrows * (tile_inches + 0.17 * lines) + 0.3),
+                             squeeze=False, layout="constrained")
+    for index, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if index < len(images):
+            ax.imshow(to_numpy_image(images[index]), cmap="gray", interpolation="nearest")
+            if captions is not None:
+                ax.set_title("\n".join(textwrap.wrap(captions[index], 24)), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def show_confusion(counts: torch.Tensor, class_names: Sequence[str], title: str = "confusion matrix", ax=None):
+    """A (K, K) count matrix, row = true class, column = predicted class, with the counts written in."""
+    values = torch.as_tensor(counts).detach().cpu()
+    K = len(class_names)
+    if tuple(values.shape) != (K, K):
+        raise ValueError(f"expected a ({K}, {K}) count matrix for {K} class names, got {tuple(values.shape)}")
+    fig, ax = _figure_and_axes(ax, (0.55 * K + 2.2, 0.5 * K + 1.6))
+    shown = ax.imshow(values.numpy(), cmap="Blues", vmin=0)
+    top = float(values.max()) if values.numel() else 0.0
+    for (r, c), v in np.ndenumerate(values.numpy()):
+        ax.text(c, r, f"{v:g}", ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    ax.set_xticks(range(K), class_names, fontsize=8, rotation=45, ha="right")
+    ax.set_yticks(range(K), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=ax, fraction=0.046)
     return fig
 
 

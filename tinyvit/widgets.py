@@ -1,4 +1,4 @@
-"""ipywidgets explorers for the notebooks: patch size, attention by layer/head/query, and quizzes.
+"""ipywidgets explorers for the notebooks: patch size, attention by layer/head/query, a live loss curve, quizzes.
 
 Each explorer is a `VBox` (so a notebook displays it by naming it) with a plain method that does what its
 controls do (`set_patch_size`, `select`, `choose`), so tests and notebooks can drive it without a browser.
@@ -7,7 +7,8 @@ Pictures go into an `Image` widget as PNG bytes, so a saved notebook (and the bo
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -143,6 +144,42 @@ class AttentionExplorer(widgets.VBox):
         self.info.value = (f"layer {self.layer.value}, head {self.head.value}, query = {who}: "
                            f"{1 - on_cls:.1%} of its attention on patches, {on_cls:.1%} on CLS")
         fig = viz.show_attention_map(self.image, weights, self.patch_size, title=f"where {who} looks")
+        self.picture.value = figure_png(fig)
+
+
+class LiveLoss(widgets.VBox):
+    """A loss curve that redraws while `train.fit` runs: pass `live.wrap(loss_fn)` as fit's loss function and
+    every `every` steps the picture shows the losses so far (the last step's loss in the line above it)."""
+
+    def __init__(self, every: int = 10, title: str = "training loss"):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer (steps between redraws), got {every!r}")
+        self.every, self.title, self.losses = every, title, []
+        self.info = widgets.HTML("no steps yet")
+        self.picture = widgets.Image(format="png", width=420)
+        super().__init__([self.info, self.picture])
+
+    def wrap(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> Callable[[Any, Any], torch.Tensor]:
+        """loss_fn(model, batch) -> scalar tensor, recorded on its way back to the trainer."""
+        def recorded(model, batch):
+            loss = loss_fn(model, batch)
+            self.record(loss.item())
+            return loss
+        return recorded
+
+    def record(self, loss: float) -> None:
+        """Add one step's loss; redraw when the step count is a multiple of `every`."""
+        self.losses.append(float(loss))
+        if len(self.losses) % self.every == 0:
+            self.draw()
+
+    def draw(self) -> None:
+        """Show every loss recorded so far."""
+        if not self.losses:
+            raise ValueError("LiveLoss has no losses to draw yet: record() some first")
+        self.info.value = f"step {len(self.losses)}: loss {self.losses[-1]:.3f}"
+        fig = viz.plot_curves({self.title: self.losses}, xlabel="step")
+        fig.set_size_inches(6, 3)
         self.picture.value = figure_png(fig)
 
 
