@@ -55,16 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             save_thinker(args.out / variant, result, args.run)
     names = {v: f"{v} ({results[v]['image_tokens']} token{'s' * (results[v]['image_tokens'] > 1)})" for v in results}
-    print(f"\nexact match on {args.eval_images} held-out images ({train.steps} steps, {args.images} training images, "
+    print(f"\nexact match on {args.eval_images} held-out images (colour-shape pairs never trained on) and "
+          f"{args.eval_images} images of seen pairs ({train.steps} steps, {args.images} training images, "
           f"{torch.get_num_threads()} threads)")
-    print(f"{'question':<22}" + "".join(f"{names[v]:>18}" for v in results))
-    for scope, label in (("accuracy", "{t}"), ("one_object", "{t}, 1 object"), ("two_objects", "{t}, 2 objects")):
+    print(f"{'held-out question':<24}" + "".join(f"{names[v]:>18}" for v in results))
+    for scope, label in (("accuracy", "{t}"), ("one_object", "{t}, 1 object"), ("two_objects", "{t}, 2 objects"),
+                         ("seen_pairs", "{t}, seen pairs")):
         for t in QUESTION_TYPES:
-            cells = [results[v][scope].get(t) for v in results]
-            print(f"{label.format(t=t):<22}" + "".join(f"{c:>18.3f}" if c is not None else f"{'-':>18}" for c in cells))
-    print(f"{'questions (n)':<22}" + "".join(f"{sum(results[v]['n'].values()):>18}" for v in results))
-    print(f"{'training seconds':<22}" + "".join(f"{results[v]['train_seconds']:>18.1f}" for v in results))
-    print(f"{'final loss':<22}" + "".join(f"{results[v]['final_loss']:>18.3f}" for v in results))
+            tables = [results[v]["seen_pairs"]["accuracy"] if scope == "seen_pairs" else results[v][scope]
+                      for v in results]
+            cells = [table.get(t) for table in tables]
+            print(f"{label.format(t=t):<24}" + "".join(f"{c:>18.3f}" if c is not None else f"{'-':>18}" for c in cells))
+    print(f"{'questions (n)':<24}" + "".join(f"{sum(results[v]['n'].values()):>18}" for v in results))
+    print(f"{'training seconds':<24}" + "".join(f"{results[v]['train_seconds']:>18.1f}" for v in results))
+    print(f"{'final loss':<24}" + "".join(f"{results[v]['final_loss']:>18.3f}" for v in results))
     if "cls" in results:
         acc = results["cls"]["accuracy"]
         for t in ("shape", "colour"):

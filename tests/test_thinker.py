@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,10 +17,10 @@ from tinyvit.data import COLOURS, POSITIONS, SHAPES, ShapesConfig, ShapesDataset
 from tinyvit.model import VisionEncoder
 from tinyvit.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tinyvit.thinker import (
-    QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, image_tokens, make_qa,
-    prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer,
+    QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, greedy_matches, image_tokens,
+    make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer,
 )
-from tinyvit.train import fit
+from tinyvit.train import fit, load_checkpoint, save_checkpoint
 
 TINY = ThinkerConfig(vocab_size=40, dim=32, depth=2, heads=2, mlp_dim=64, context_length=12)
 TINY_VIT = ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32, out_dim=32)
@@ -218,6 +219,10 @@ def test_short_training_lowers_the_loss_and_answers_exactly():
     hits = sum(scores["accuracy"][t] * scores["n"][t] for t in scores["n"])
     assert hits >= 0.9 * len(records) and sum(untrained["accuracy"].values()) == 0
     assert scores["examples"][0]["predicted"] == scores["examples"][0]["answer"] == records[0]["answer"]
+    # Scoring with the answer fed in agrees with generating each answer and comparing the text.
+    generated = answer_questions(model, tok, tokens[[r["image"] for r in records]], [r["question"] for r in records])
+    matches = greedy_matches(model, tokens[[r["image"] for r in records]], ids, mask, batch_size=7)
+    assert matches.tolist() == [a == r["answer"] for a, r in zip(generated, records)]
 
 
 # --- the command line: `think` writes a Thinker, `ask` answers from a subprocess ---------------------------------
@@ -285,3 +290,17 @@ def test_ask_refuses_bad_input_with_one_clear_line(runs, tmp_path, capsys):
     one_line_error(capsys, ["ask", "--run", runs["clip"], runs["image"], question], "holds no thinker.pt")
     one_line_error(capsys, ["ask", "--run", runs["thinker"], runs["image"], question, "--max-tokens", "0"],
                    "--max-tokens must be positive")
+
+
+def test_ask_refuses_a_thinker_whose_encoder_changed(runs, tmp_path, capsys):
+    shutil.copytree(runs["clip"], tmp_path / "clip")
+    shutil.copytree(runs["thinker"], tmp_path / "thinker")  # it finds its CLIP run at ../clip, the copy
+    args = ["ask", "--run", tmp_path / "thinker", runs["image"], "what shape is this?"]
+    assert cli.main([str(a) for a in args]) == 0
+    capsys.readouterr()
+    ckpt = load_checkpoint(tmp_path / "clip" / "checkpoint.pt")
+    ckpt["model"]["visual.projector.weight"] += 0.01
+    save_checkpoint(tmp_path / "clip" / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    one_line_error(capsys, args, "not the one this Thinker was trained on")
+    shutil.rmtree(tmp_path / "clip")
+    one_line_error(capsys, args, "the CLIP run this Thinker reads is missing")

@@ -9,6 +9,7 @@ model answers, and the answer's EOS stops generation. The loss reads only the an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -37,11 +38,11 @@ QUESTION_TYPES = ("shape", "colour", "position", "describe")
 THINKER_FILE = "thinker.pt"
 # Measured on a shared 2-core CPU: the "all" variant (65 image tokens at 64x64) trains these steps in about
 # 3 minutes, "cls" in about 1; see benchmarks/thinker_qa.py.
-RECIPE = TrainConfig(steps=600, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=30, eval_every=0)
+RECIPE = TrainConfig(steps=600, batch_size=32, lr=3e-3, weight_decay=0.05, warmup_steps=30, eval_every=0)
 
 
 class Thinker(nn.Module):
-    """Image tokens + text token embeddings + positions -> causal pre-norm blocks -> LayerNorm -> logits.
+    """Normalised image tokens + text token embeddings + positions -> causal pre-norm blocks -> LayerNorm -> logits.
     (B, K, D), (B, T) long -> (B, K + T, V). Position i sees positions <= i only."""
 
     def __init__(self, cfg: ThinkerConfig):
@@ -50,6 +51,10 @@ class Thinker(nn.Module):
         # Block reads only width, heads, MLP and dropout from a ViTConfig; the image fields are unused.
         block_cfg = ViTConfig(image_size=1, patch_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
                               mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, out_dim=cfg.dim)
+        # The projector's tokens are ~9 long and the N of one image point almost the same way (cosine ~0.85);
+        # a LayerNorm with gain 0.02 brings them to the scale of the text embeddings and positions, so the
+        # Thinker's own position embeddings can tell the N image tokens apart. It mixes nothing across tokens.
+        self.image_norm = nn.LayerNorm(cfg.dim)
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_tokens, cfg.dim))
         self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.depth))
@@ -61,16 +66,19 @@ class Thinker(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         trunc_normal(self.pos_embed)
+        nn.init.constant_(self.image_norm.weight, 0.02)
 
     def embed(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The chapter's concatenation: (B, K, D) image tokens, (B, T) ids -> (B, K + T, D), positions added."""
+        """The chapter's concatenation: (B, K, D) image tokens (normalised), (B, T) ids -> (B, K + T, D), positions
+        added."""
         B, K, D = image_tokens.shape
         if K != self.cfg.image_tokens or D != self.cfg.dim:
             raise ValueError(f"expected image tokens (B, {self.cfg.image_tokens}, {self.cfg.dim}) for variant "
                              f"{self.cfg.variant!r}, got {tuple(image_tokens.shape)}")
         if ids.dim() != 2 or ids.shape[0] != B or ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"expected ids (B={B}, T<={self.cfg.context_length}), got {tuple(ids.shape)}")
-        x = torch.cat([image_tokens.to(self.pos_embed.dtype), self.token_embed(ids)], dim=1)  # (B, K + T, D)
+        image = self.image_norm(image_tokens.to(self.pos_embed.dtype))  # (B, K, D)
+        x = torch.cat([image, self.token_embed(ids)], dim=1)  # (B, K + T, D)
         return x + self.pos_embed[:, : x.shape[1]]
 
     def forward(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -260,26 +268,46 @@ def answer_questions(model: Thinker, tokenizer: Tokenizer, image_tokens: torch.T
     return answers
 
 
+@torch.no_grad()
+def greedy_matches(model: Thinker, tokens: torch.Tensor, ids: torch.Tensor, answer_mask: torch.Tensor,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Would greedy decoding write exactly the answer's pieces and then EOS? (M, K, D), (M, T), (M, T) -> (M,) bool.
+    One pass with the answer fed in: greedy decoding follows the answer step by step exactly when the argmax is the
+    right piece at every answer position, so this equals generating and comparing, at one forward pass per row."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, ids.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        width = int((ids[rows] != PAD_ID).sum(1).max())
+        chunk, mask = ids[rows, :width].to(device), answer_mask[rows, :width].to(device)  # (b, T')
+        logits = model(tokens[rows].float().to(device), chunk)  # (b, K + T', V)
+        pred = logits[:, logits.shape[1] - width - 1 : -1].argmax(-1)  # (b, T'): the piece each position predicts
+        out.append(((pred == chunk) | ~mask).all(1).cpu())
+    return torch.cat(out)
+
+
 def evaluate_qa(model: Thinker, tokenizer: Tokenizer, tokens: torch.Tensor, records: Sequence[dict[str, Any]]
                 ) -> dict[str, Any]:
-    """Exact-match accuracy per question type, overall and split by 1- and 2-object scenes. tokens (n, K, E) are
-    the images' cached tokens; records come from make_qa on the same data set. -> {"accuracy": {type: acc},
-    "one_object": {...}, "two_objects": {...}, "n": {type: count}, "examples": the first 8 answers}."""
-    answers = answer_questions(model, tokenizer, tokens[[r["image"] for r in records]],
-                               [r["question"] for r in records])
+    """Exact-match accuracy of greedy answers per question type, overall and split by 1- and 2-object scenes.
+    tokens (n, K, E) are the images' cached tokens; records come from make_qa on the same data set. -> {"accuracy":
+    {type: acc}, "one_object": {...}, "two_objects": {...}, "n": {type: count}, "examples": 8 generated answers}."""
+    ids, mask = encode_qa(tokenizer, records, model.cfg.context_length)
+    matches = greedy_matches(model, tokens[[r["image"] for r in records]], ids, mask)  # (M,)
     hits: dict[str, list[bool]] = defaultdict(list)
-    for record, answer in zip(records, answers):
-        hit = answer == record["answer"]
+    for record, hit in zip(records, matches.tolist()):
         hits[record["type"]].append(hit)
         hits[f"{record['type']}/{record['n_objects']}"].append(hit)
 
     def table(suffix: str = "") -> dict[str, float]:
         return {t: float(np.mean(hits[t + suffix])) for t in QUESTION_TYPES if hits[t + suffix]}
 
+    shown = records[:8]
+    answers = answer_questions(model, tokenizer, tokens[[r["image"] for r in shown]], [r["question"] for r in shown])
     return {"accuracy": table(), "one_object": table("/1"), "two_objects": table("/2"),
             "n": {t: len(hits[t]) for t in QUESTION_TYPES},
             "examples": [{"question": r["question"], "answer": r["answer"], "predicted": a}
-                         for r, a in zip(records[:8], answers[:8])]}
+                         for r, a in zip(shown, answers)]}
 
 
 def load_clip_encoder(run_dir: str | Path, device: str = "cpu") -> tuple[VisionEncoder, ShapesConfig]:
@@ -300,10 +328,20 @@ def load_clip_encoder(run_dir: str | Path, device: str = "cpu") -> tuple[VisionE
     return clip.visual.eval().requires_grad_(False).to(resolve_device(device)), shapes
 
 
+def encoder_fingerprint(encoder: VisionEncoder) -> str:
+    """A short SHA-256 of the encoder's weights: a Thinker is tied to the exact encoder it learned to read."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig = RECIPE, n_images: int = 3000,
                   eval_images: int = 500, progress: bool = True) -> dict[str, Any]:
     """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
-    then score it on eval_images "heldout" images (colour-shape pairs never trained on). -> {"model",
+    then score it on eval_images "heldout" images (colour-shape pairs never trained on) and as many "test" images
+    (new images of trained pairs: "seen_pairs"). -> {"model",
     "tokenizer", "encoder", "shapes", "history", "metrics"}."""
     encoder, shapes = load_clip_encoder(clip_run, train.device)
     started = time.perf_counter()
@@ -321,7 +359,10 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     train_seconds = time.perf_counter() - started
     heldout = ShapesDataset(eval_images, shapes, "heldout", seed=train.seed)
     scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, heldout, variant), make_qa(heldout, train.seed))
-    metrics = {**scores, "variant": variant, "image_tokens": K, "train_seconds": round(train_seconds, 1),
+    seen = ShapesDataset(eval_images, shapes, "test", seed=train.seed)  # new images of the pairs trained on
+    seen_scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, seen, variant), make_qa(seen, train.seed))
+    metrics = {**scores, "seen_pairs": {k: seen_scores[k] for k in ("accuracy", "one_object", "two_objects")},
+               "variant": variant, "image_tokens": K, "train_seconds": round(train_seconds, 1),
                "steps": train.steps, "train_images": n_images, "train_questions": len(records),
                "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
     return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
@@ -330,7 +371,7 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
 
 def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Path) -> Path:
     """Write THINKER_DIR/thinker.pt (atomic: the LM's weights and config, its tokenizer, the CLIP run's path
-    relative to THINKER_DIR and its vision config) and then metrics.json. -> the checkpoint's path."""
+    relative to THINKER_DIR, its vision config and weights' fingerprint), then metrics.json. -> the checkpoint."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
@@ -340,6 +381,7 @@ def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Pa
         configs={"thinker": model.cfg.to_dict(), "vision": result["encoder"].cfg.to_dict(),
                  "shapes": asdict(result["shapes"])},
         tokenizer=result["tokenizer"].to_bytes(), clip_run=os.path.relpath(Path(clip_run).resolve(), out.resolve()),
+        encoder_fingerprint=encoder_fingerprint(result["encoder"]),
         loss=[round(x, 4) for x in result["history"]["loss"]])
     (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=1) + "\n", encoding="utf-8")
     return path
@@ -360,6 +402,9 @@ def load_thinker(run_dir: str | Path, device: str = "cpu") -> tuple[Thinker, Tok
                                 f"{ckpt['clip_run']!r}, relative to {run})")
     encoder, _ = load_clip_encoder(clip_run, device)
     check_configs(ckpt["configs"]["vision"], encoder.cfg.to_dict(), prefix="vision")
+    if ckpt.get("encoder_fingerprint") != encoder_fingerprint(encoder):
+        raise ValueError(f"the encoder in {clip_run} is not the one this Thinker was trained on (its weights "
+                         "changed); train the Thinker again with `python -m tinyvit think`")
     model = Thinker(ThinkerConfig.from_dict(ckpt["configs"]["thinker"]))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), Tokenizer.from_bytes(ckpt["tokenizer"]), encoder
