@@ -415,3 +415,29 @@ def test_hard_negative_batches_check_their_settings():
         HardNegativeBatches(ShapesConfig(), 16, hard_fraction=2)
     with pytest.raises(ValueError, match="heldout split"):
         HardNegativeBatches(ShapesConfig(), 16, split="heldout")
+
+
+def test_unnamed_colours_are_far_from_every_named_colour_and_captions_name_only_shapes():
+    cfg = ShapesConfig(image_size=32, unnamed_fraction=0.5)
+    items = [make_item(i, cfg) for i in range(300)]
+    unnamed = [item for item in items if item["colour"] == -1]
+    assert 100 < len(unnamed) < 200
+    for item in unnamed:
+        assert not set(item["caption"].split()) & set(COLOURS)
+        assert SHAPES[item["shape"]] in item["caption"].split()
+        for obj in item["objects"]:
+            assert obj["colour"] == -1
+            assert min(np.linalg.norm(np.subtract(obj["rgb"], rgb)) for rgb in RGB.values()) >= 120
+    # held-out and test splits stay named, and the default config draws exactly the scenes it drew before
+    assert all(make_item(i, cfg, "heldout")["colour"] >= 0 for i in range(50))
+    assert all(make_item(i, cfg, "test")["colour"] >= 0 for i in range(50))
+    plain = ShapesConfig(image_size=32)
+    assert all(make_item(i, plain)["colour"] >= 0 for i in range(50))
+
+
+def test_hard_negative_groups_of_unnamed_colours_may_use_every_shape():
+    cfg = ShapesConfig(image_size=32, unnamed_fraction=1.0)
+    batches = HardNegativeBatches(cfg, batch_size=40, group_size=4, hard_fraction=1.0)
+    plan = batches.plan(0)
+    assert {shape for _, shape in plan} == set(range(len(SHAPES)))
+    assert all(make_item(plan[0][0], cfg, shape=k)["shape"] == k for k in range(len(SHAPES)))

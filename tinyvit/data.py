@@ -29,6 +29,7 @@ WHERE = {"top left": "in the top left", "top": "at the top", "top right": "in th
 # One held-out colour per shape, each colour at most once: every shape and colour still appears in training.
 HELDOUT = frozenset({("circle", "blue"), ("square", "red"), ("triangle", "yellow"), ("star", "green"),
                      ("cross", "purple")})
+UNNAMED_DISTANCE = 120.0  # how far (RGB distance) a colour without a name stays from every named colour
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 
@@ -46,6 +47,9 @@ class ShapesConfig:
     texture: float = 0.06  # amplitude of the smooth background waves, as a fraction of 255
     colour_jitter: float = 0.06  # per-object shade change, as a fraction of 255
     max_rotation: float = 15.0  # degrees; more would turn squares into diamonds
+    # Share of train scenes drawn in colours that have no name (far from all six named ones) and captioned by
+    # shape alone ("a circle"): shapes must then be recognised whatever their colour. No held-out pair is drawn.
+    unnamed_fraction: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -54,7 +58,8 @@ class ShapesConfig:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 2, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             raise ValueError(f"need 0.05 <= min_size <= max_size <= 0.6, got {self.min_size}, {self.max_size}")
-        for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0)):
+        for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
+                          ("unnamed_fraction", 1.0)):
             if not 0 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} must be in [0, {top}], got {getattr(self, name)!r}")
 
@@ -96,11 +101,17 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
         raise ValueError(f"index and seed must be non-negative, got index={index}, seed={seed}")
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     seen = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in HELDOUT]
-    pool = sorted(HELDOUT) if split == "heldout" else seen
-    pairs = [pool[rng.integers(len(pool))]]
-    if rng.integers(cfg.min_objects, cfg.max_objects + 1) == 2:  # the other object differs in shape and colour
-        others = [p for p in seen if p[0] != pairs[0][0] and p[1] != pairs[0][1]]
-        pairs.append(others[rng.integers(len(others))])
+    unnamed = split == "train" and cfg.unnamed_fraction > 0 and rng.random() < cfg.unnamed_fraction
+    if unnamed:  # shapes in colours without a name; the second shape differs from the first
+        first = int(rng.integers(len(SHAPES)))
+        pairs = [(SHAPES[first], None), (SHAPES[(first + 1 + rng.integers(len(SHAPES) - 1)) % len(SHAPES)], None)]
+        pairs = pairs[:int(rng.integers(cfg.min_objects, cfg.max_objects + 1))]
+    else:
+        pool = sorted(HELDOUT) if split == "heldout" else seen
+        pairs = [pool[rng.integers(len(pool))]]
+        if rng.integers(cfg.min_objects, cfg.max_objects + 1) == 2:  # the other object differs in shape and colour
+            others = [p for p in seen if p[0] != pairs[0][0] and p[1] != pairs[0][1]]
+            pairs.append(others[rng.integers(len(others))])
     objects: list[dict[str, Any]] = []
     for shape, colour in pairs:
         for attempt in range(60):  # place without overlapping the first object; shrink if crowded
@@ -115,10 +126,14 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
             if gap > 1.2 * (r + o["size"] / 2) and max(abs(x - o["centre"][0]), abs(y - o["centre"][1])) > 0.2:
                 break
         position = min(int(y * 3), 2) * 3 + min(int(x * 3), 2)
-        objects.append({"shape": SHAPES.index(shape), "colour": COLOURS.index(colour), "position": position,
-                        "size": float(size), "centre": (float(x), float(y)),
+        objects.append({"shape": SHAPES.index(shape), "colour": -1 if colour is None else COLOURS.index(colour),
+                        "position": position, "size": float(size), "centre": (float(x), float(y)),
                         "angle": float(rng.uniform(-cfg.max_rotation, cfg.max_rotation))})
-    if main_shape is not None:
+        if colour is None:
+            objects[-1]["rgb"] = _unnamed_rgb(rng)
+    if main_shape is not None and objects[0]["colour"] < 0:
+        objects[0]["shape"] = main_shape
+    elif main_shape is not None:
         pair = (SHAPES[main_shape], COLOURS[objects[0]["colour"]])
         if (pair in HELDOUT) != (split == "heldout"):
             kind = "a held-out" if pair in HELDOUT else "a seen"
@@ -129,25 +144,38 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
             "position": main["position"], "objects": objects}, rng
 
 
+def _unnamed_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A colour at least UNNAMED_DISTANCE (in RGB) from every named colour, so it is none of them."""
+    while True:
+        rgb = rng.integers(0, 256, 3)
+        if min(np.linalg.norm(rgb - np.array(named)) for named in RGB.values()) >= UNNAMED_DISTANCE:
+            return tuple(int(v) for v in rgb)
+
+
+def _name(obj: dict[str, Any]) -> str:
+    """"red circle", or just "circle" for a shape in a colour without a name."""
+    shape = SHAPES[obj["shape"]]
+    return shape if obj["colour"] < 0 else f"{COLOURS[obj['colour']]} {shape}"
+
+
 def _caption(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> str:
     """A caption from one of several templates; the main (first) object's colour and shape come first."""
     main = objects[0]
-    colour, shape = COLOURS[main["colour"]], SHAPES[main["shape"]]
+    colour, shape = COLOURS[main["colour"]] if main["colour"] >= 0 else None, SHAPES[main["shape"]]
     third = (main["size"] - cfg.min_size) / max(cfg.max_size - cfg.min_size, 1e-9)
     size = "small" if third < 1 / 3 else "large" if third > 2 / 3 else "medium"
     if len(objects) == 2:
         o = objects[1]
-        other = _article(f"{COLOURS[o['colour']]} {SHAPES[o['shape']]}")
+        other = _article(_name(o))
         dx, dy = main["centre"][0] - o["centre"][0], main["centre"][1] - o["centre"][1]
         rel = ("above" if dy < 0 else "below") if abs(dy) >= abs(dx) else \
             ("to the left of" if dx < 0 else "to the right of")
-        templates = [f"{colour} {shape} {rel} {other}", f"{size} {colour} {shape} {rel} {other}",
-                     f"{colour} {shape} and {other}"]
+        templates = [f"{_name(main)} {rel} {other}", f"{size} {_name(main)} {rel} {other}", f"{_name(main)} and {other}"]
     else:
         where = WHERE[POSITIONS[main["position"]]]
-        templates = [f"{colour} {shape}", f"{size} {colour} {shape}", f"{colour} {shape} {where}",
-                     f"{size} {colour} {shape} {where}", f"{shape} that is {colour}",
-                     f"picture of {_article(colour)} {shape}"]
+        templates = [f"{_name(main)}", f"{size} {_name(main)}", f"{_name(main)} {where}", f"{size} {_name(main)} {where}",
+                     f"{shape} that is {colour}" if colour else f"{shape} {where}",
+                     f"picture of {_article(colour)} {shape}" if colour else f"picture of {_article(shape)}"]
     return _article(templates[rng.integers(len(templates))])
 
 
@@ -172,7 +200,8 @@ def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Gen
         if ss > 1:
             mask = mask.resize((x1 - x0, y1 - y0), Image.Resampling.BOX)  # BOX = the covered fraction of a pixel
         alpha = np.asarray(mask, np.float32)[..., None] / 255  # (h, w, 1)
-        colour = np.array(RGB[COLOURS[obj["colour"]]]) + rng.uniform(-1, 1, 3) * cfg.colour_jitter * 255
+        base_rgb = obj["rgb"] if obj["colour"] < 0 else RGB[COLOURS[obj["colour"]]]
+        colour = np.array(base_rgb) + rng.uniform(-1, 1, 3) * cfg.colour_jitter * 255
         box = image[y0:y1, x0:x1]
         box += alpha * (colour.astype(np.float32) - box)
     # Uniform noise with std cfg.noise * 255 (a uniform on [-a, a] has std a / sqrt(3)); 6x cheaper than normal.
@@ -447,7 +476,7 @@ class HardNegativeBatches:
                  hard_fraction: float = 0.5, split: str = "train"):
         allowed = min(sum((s, c) not in HELDOUT for s in SHAPES) for c in COLOURS)
         if not 2 <= group_size <= allowed:
-            raise ValueError(f"group_size must be between 2 and {allowed} (the shapes every colour allows), "
+            raise ValueError(f"group_size must be between 2 and {allowed} (the shapes every named colour allows), "
                              f"got {group_size}")
         if not 0 <= hard_fraction <= 1:
             raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction!r}")
@@ -463,8 +492,8 @@ class HardNegativeBatches:
         plan: list[tuple[int, int | None]] = []
         for g in range(self.groups):
             index = first + g
-            colour = COLOURS[_scene(index, self.cfg, self.split, self.seed)[0]["colour"]]
-            shapes = [k for k, s in enumerate(SHAPES) if (s, colour) not in HELDOUT]
+            colour = _scene(index, self.cfg, self.split, self.seed)[0]["colour"]  # -1: a colour without a name
+            shapes = [k for k, s in enumerate(SHAPES) if colour < 0 or (s, COLOURS[colour]) not in HELDOUT]
             plan += [(index, int(k)) for k in rng.choice(shapes, self.group_size, replace=False)]
         plan += [(first + j, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
         return plan
