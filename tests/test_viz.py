@@ -139,6 +139,9 @@ def test_show_images_puts_each_caption_over_its_image():
     assert len(fig.axes) == 6 and len(shown) == 5
     np.testing.assert_allclose(shown[2].images[0].get_array(), images[2].permute(1, 2, 0).numpy(), rtol=1e-6)
     assert shown[1].get_title() == "caption 1" and "\n" in shown[4].get_title()
+    lines = viz.show_images(images[:1], ["first line\nsecond line, long enough to be wrapped in two"], wrap=30)
+    assert [ax for ax in lines.axes if ax.images][0].get_title().split("\n") == [
+        "first line", "second line, long enough to be", "wrapped in two"]
     with pytest.raises(ValueError, match="4 captions for 5 images"):
         viz.show_images(images, ["x"] * 4)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\), got \(3, 8, 8\)"):

@@ -149,23 +149,26 @@ def show_attention_grid(image: torch.Tensor, maps: torch.Tensor, patch_size: int
 
 
 def show_images(images: torch.Tensor, captions: Sequence[str] | None = None, ncols: int = 4,
-                tile_inches: float = 2.0, title: str | None = None):
-    """(B, C, H, W) images in [0, 1] in rows of `ncols`, each with its caption (wrapped) above it."""
+                tile_inches: float = 2.0, title: str | None = None, wrap: int = 28):
+    """(B, C, H, W) images in [0, 1] in rows of `ncols`, each with its caption above it: each line of a caption
+    wrapped at `wrap` characters."""
     if images.ndim != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"{len(captions)} captions for {len(images)} images")
     ncols = min(ncols, len(images))
     nrows = math.ceil(len(images) / ncols)
-    lines = max((len(textwrap.wrap(c, 24)) for c in captions), default=1) if captions is not None else 0
+    texts = ["\n".join(part for line in c.split("\n") for part in textwrap.wrap(line, wrap) or [""])
+             for c in captions] if captions is not None else []
+    lines = max((t.count("\n") + 1 for t in texts), default=0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * tile_inches, nrows * (tile_inches + 0.17 * lines) + 0.3),
                              squeeze=False, layout="constrained")
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if index < len(images):
             ax.imshow(to_numpy_image(images[index]), cmap="gray", interpolation="nearest")
-            if captions is not None:
-                ax.set_title("\n".join(textwrap.wrap(captions[index], 24)), fontsize=8)
+            if texts:
+                ax.set_title(texts[index], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
