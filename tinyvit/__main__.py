@@ -20,7 +20,7 @@ import torch
 
 from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_object
 from .contrastive import CLIP, clip_batch_loss, default_recipe
-from .data import Batches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
+from .data import Batches, HardNegativeBatches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .text import Tokenizer
 from .thinker import add_commands as add_thinker_commands
@@ -156,15 +156,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data} holds {len(dataset)} items, fewer than the batch size {train.batch_size}; "
                              f"pass --batch-size {len(dataset)} or less")
         tokenizer = Tokenizer.train(dataset.captions, recipe["text"].vocab_size)
-
+        loader = Batches(dataset, train.batch_size, seed=train.seed)
+    
         def score(model: CLIP, n: int) -> dict:  # the first n training items: a manifest has no held-out part
             subset = torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
             return evaluate_clip(model, tokenizer, subset, dataset.captions[:n])
     else:
         shapes = recipe["shapes"]
-        dataset = ShapesDataset(train.steps * train.batch_size, shapes, "train", seed=train.seed)
-        first = ShapesDataset(min(TOKENIZER_CAPTIONS, len(dataset)), shapes, "train", seed=train.seed)
+        first = ShapesDataset(TOKENIZER_CAPTIONS, shapes, "train", seed=train.seed)
         tokenizer = Tokenizer.train(first.captions, recipe["text"].vocab_size)
+        loader = HardNegativeBatches(shapes, train.batch_size, seed=train.seed)  # a fresh stream, hard groups
 
         def score(model: CLIP, n: int) -> dict:  # colour-shape pairs that never occur in training
             return evaluate_shapes(model, tokenizer, ShapesDataset(n, shapes, "heldout", seed=train.seed))
@@ -172,7 +173,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe["text"] = text
     torch.manual_seed(train.seed)
     model = CLIP(vision, text, train.init_temperature)
-    loader = Batches(dataset, train.batch_size, seed=train.seed)
 
     def batches(step: int):
         images, captions, _ = loader(step)

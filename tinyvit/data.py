@@ -50,6 +50,10 @@ class ShapesConfig:
     # Share of train scenes drawn in colours that have no name (far from all six named ones) and captioned by
     # shape alone ("a circle"): shapes must then be recognised whatever their colour. No held-out pair is drawn.
     unnamed_fraction: float = 0.0
+    # How a training stream is batched (HardNegativeBatches): the share of each batch that comes in groups of
+    # `group_size` copies of one scene differing only in the main shape.
+    hard_fraction: float = 0.0
+    group_size: int = 4
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -59,7 +63,7 @@ class ShapesConfig:
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             raise ValueError(f"need 0.05 <= min_size <= max_size <= 0.6, got {self.min_size}, {self.max_size}")
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
-                          ("unnamed_fraction", 1.0)):
+                          ("unnamed_fraction", 1.0), ("hard_fraction", 1.0)):
             if not 0 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} must be in [0, {top}], got {getattr(self, name)!r}")
 
@@ -469,11 +473,14 @@ class Batches:
 class HardNegativeBatches:
     """Batches of fresh shapes items in which colour and position cannot tell captions apart: a `hard_fraction`
     of each batch comes in groups of `group_size` copies of one scene that differ only in the main object's shape
-    (and so only in the caption's shape word). The rest are ordinary items. A pure function of (seed, step), like
+    (and so only in the caption's shape word). The rest are ordinary items. Both default to the ShapesConfig's;
+    with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene s * B + j. A pure function of (seed, step), like
     Batches. batches(step) -> (images (B, 3, S, S), captions list[str], indices LongTensor (B,) of the scenes)."""
 
-    def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int = 4,
-                 hard_fraction: float = 0.5, split: str = "train"):
+    def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int | None = None,
+                 hard_fraction: float | None = None, split: str = "train"):
+        group_size = cfg.group_size if group_size is None else group_size
+        hard_fraction = cfg.hard_fraction if hard_fraction is None else hard_fraction
         allowed = min(sum((s, c) not in HELDOUT for s in SHAPES) for c in COLOURS)
         if not 2 <= group_size <= allowed:
             raise ValueError(f"group_size must be between 2 and {allowed} (the shapes every named colour allows), "
