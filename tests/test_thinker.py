@@ -128,33 +128,39 @@ def test_sampling_follows_the_seeded_distribution():
         generate(Scripted([20]), image, prompt, temperature=-1.0)
 
 
-def test_questions_are_answered_from_the_labels():
-    cfg = ShapesConfig(image_size=32)
+@pytest.mark.parametrize("unnamed", [0.0, 0.5])
+def test_questions_are_answered_from_the_labels(unnamed):
+    cfg = ShapesConfig(image_size=32, unnamed_fraction=unnamed)
     rng = __import__("random").Random(0)
-    for index in range(40):
+    kinds = set()
+    for index in range(60):
         item = make_item(index, cfg, "train")
         records = scene_questions(item, rng)
         objects = item["objects"]
-        assert len(records) == 3 * len(objects) + 1
+        named = [o["colour"] >= 0 for o in objects]
+        assert len(records) == sum(3 if n else 2 if len(objects) == 1 else 1 for n in named) + 1
         for r in records:
             if r["type"] == "describe":
                 assert r["answer"].count(" and ") == len(objects) - 1
                 for o in objects:
-                    assert f"{COLOURS[o['colour']]} {SHAPES[o['shape']]}" in r["answer"]
+                    colour = f"{COLOURS[o['colour']]} " if o["colour"] >= 0 else ""
+                    assert f"{colour}{SHAPES[o['shape']]}" in r["answer"]
                 continue
             o = objects[r["object"]]
-            expected = {"shape": SHAPES[o["shape"]], "colour": COLOURS[o["colour"]],
-                        "position": POSITIONS[o["position"]]}[r["type"]]
-            assert r["answer"] == expected and r["pair"] == (SHAPES[o["shape"]], COLOURS[o["colour"]])
+            colour = COLOURS[o["colour"]] if o["colour"] >= 0 else None
+            kinds.add((r["type"], colour is not None))
+            expected = {"shape": SHAPES[o["shape"]], "colour": colour, "position": POSITIONS[o["position"]]}[r["type"]]
+            assert r["answer"] == expected and r["pair"] == (SHAPES[o["shape"]], colour)
             # The question names the other attribute, which no other object in the scene shares.
             if r["type"] == "colour":
                 assert SHAPES[o["shape"]] in r["question"]
             if r["type"] == "shape" and len(objects) == 2:
-                assert COLOURS[o["colour"]] in r["question"]
+                assert colour in r["question"]
+    assert ("colour", False) not in kinds and (("position", False) in kinds) == (unnamed > 0)
 
 
 def test_heldout_pairs_never_appear_in_training_questions():
-    records = make_qa(ShapesDataset(1500, ShapesConfig(image_size=32), "train"))
+    records = make_qa(ShapesDataset(1500, ShapesConfig(image_size=32, unnamed_fraction=0.3), "train"))
     assert not {r["pair"] for r in records} & heldout_pairs()
     texts = [r["question"] + " | " + r["answer"] for r in records]
     for shape, colour in heldout_pairs():

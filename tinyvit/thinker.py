@@ -132,25 +132,29 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def _name(obj: dict[str, Any]) -> str:
+    """"red circle", or "circle" for a shape drawn in a colour without a name (colour index -1)."""
+    return SHAPES[obj["shape"]] if obj["colour"] < 0 else f"{COLOURS[obj['colour']]} {SHAPES[obj['shape']]}"
+
+
 def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     """Question-answer records of one scene (a make_item / ShapesDataset.scenes() dict): per object a shape, a
-    colour and a position question, then one "describe the image." (objects in reading order). Each record: type, question, answer, object
-    (index, -1 for describe), pair (shape, colour) asked about (None for describe), n_objects."""
+    colour and a position question, then one "describe the image." (objects in reading order). An object in a
+    colour without a name gets no colour question, nor a shape question beside another object (nothing names it).
+    Record: type, question, answer, object (index, -1 for describe), pair (shape, colour or None), n_objects."""
     objects, records = scene["objects"], []
     two = len(objects) == 2
     for k, obj in enumerate(objects):
-        shape, colour = SHAPES[obj["shape"]], COLOURS[obj["colour"]]
-        named = f"{colour} {shape}" if rng.random() < 0.5 else shape  # both forms are unique in a scene
-        for kind, question, answer in (
-            ("shape", f"what shape is the {colour} one?" if two else "what shape is this?", shape),
-            ("colour", f"what colour is the {shape}?", colour),
-            ("position", f"where is the {named}?", POSITIONS[obj["position"]]),
-        ):
-            records.append({"type": kind, "question": question, "answer": answer, "object": k,
-                            "pair": (shape, colour), "n_objects": len(objects)})
+        shape, colour = SHAPES[obj["shape"]], COLOURS[obj["colour"]] if obj["colour"] >= 0 else None
+        named = _name(obj) if rng.random() < 0.5 else shape  # both forms are unique in a scene
+        questions = [("shape", "what shape is this?", shape)] if not two else \
+            [("shape", f"what shape is the {colour} one?", shape)] if colour else []
+        questions += [("colour", f"what colour is the {shape}?", colour)] if colour else []
+        questions.append(("position", f"where is the {named}?", POSITIONS[obj["position"]]))
+        records += [{"type": kind, "question": question, "answer": answer, "object": k, "pair": (shape, colour),
+                     "n_objects": len(objects)} for kind, question, answer in questions]
     in_reading_order = sorted(objects, key=lambda o: (o["position"], o["centre"][1], o["centre"][0]))
-    description = " and ".join(f"{_article(COLOURS[o['colour']] + ' ' + SHAPES[o['shape']])} "
-                               f"{WHERE[POSITIONS[o['position']]]}" for o in in_reading_order)
+    description = " and ".join(f"{_article(_name(o))} {WHERE[POSITIONS[o['position']]]}" for o in in_reading_order)
     records.append({"type": "describe", "question": "describe the image.", "answer": description, "object": -1,
                     "pair": None, "n_objects": len(objects)})
     return records
