@@ -22,10 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
-
-from PIL import Image, ImageOps
 
 from .config import TextConfig, ThinkerConfig, TrainConfig, ViTConfig, read_json_object
 from .contrastive import CLIP
@@ -345,8 +344,8 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
                   eval_images: int = 500, progress: bool = True) -> dict[str, Any]:
     """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
     then score it on eval_images "heldout" images (colour-shape pairs never trained on) and as many "test" images
-    (new images of trained pairs: "seen_pairs"). -> {"model",
-    "tokenizer", "encoder", "shapes", "history", "metrics"}."""
+    (new images of trained pairs: "seen_pairs"). -> {"model", "tokenizer", "encoder", "shapes", "history",
+    "metrics"}; metrics["train_seconds"] counts the tokenizer, the image tokens and the steps."""
     encoder, shapes = load_clip_encoder(clip_run, train.device)
     started = time.perf_counter()
     train_set = ShapesDataset(n_images, shapes, "train", seed=train.seed)
