@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from shapes_variant import variant_items  # noqa: E402
 
-from tinyvit.contrastive import CLIP, clip_batch_loss, default_recipe  # noqa: E402
+from tinyvit.contrastive import CLIP, clip_batch_loss, default_recipe, shared_attribute_mask  # noqa: E402
 from tinyvit.data import HardNegativeBatches, ShapesDataset, heldout_pairs, to_tensor  # noqa: E402
 from tinyvit.evaluate import class_embeddings, embed_images, evaluate_shapes, shapes_prompts  # noqa: E402
 from tinyvit.text import Tokenizer  # noqa: E402
@@ -33,7 +33,8 @@ from tinyvit.train import fit  # noqa: E402
 def recipe_for(args: argparse.Namespace) -> dict:
     recipe = default_recipe()
     if args.recipe == "naive":  # what issue 4 started from: plain batches, the chapter's dropout everywhere
-        recipe["shapes"] = dataclasses.replace(recipe["shapes"], hard_fraction=0.0, unnamed_fraction=0.0)
+        recipe["shapes"] = dataclasses.replace(recipe["shapes"], hard_fraction=0.0, unnamed_fraction=0.0,
+                                               shared_attribute_negatives=False)
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=0.1)
     shapes = {k: v for k, v in (("hard_fraction", args.hard_fraction), ("unnamed_fraction", args.unnamed_fraction))
               if v is not None}
@@ -82,7 +83,10 @@ def main() -> None:
     def batches(step: int):
         done[0] = step + 1
         images, captions, _ = stream(step)
-        return images, tokenizer.encode_batch(captions, text.context_length)
+        tokens = tokenizer.encode_batch(captions, text.context_length)
+        if shapes.shared_attribute_negatives:
+            return images, tokens, shared_attribute_mask(stream.attributes(step))
+        return images, tokens
 
     heldout = ShapesDataset(500, shapes, "heldout", seed=1)
     seen = ShapesDataset(300, dataclasses.replace(shapes, max_objects=1), "test", seed=2)

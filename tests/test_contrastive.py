@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit.config import TextConfig, ViTConfig
-from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, clip_loss, one_way_loss
+from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, clip_loss, one_way_loss, shared_attribute_mask
 
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64, out_dim=16)
 TEXT = TextConfig(vocab_size=40, context_length=8, dim=32, out_dim=16)
@@ -102,3 +102,24 @@ def test_mismatched_embedding_sizes_raise():
         CLIP(VISION, TextConfig(vocab_size=40, dim=32, out_dim=32))
     with pytest.raises(ValueError, match="init_temperature must be positive"):
         CLIP(VISION, TEXT, init_temperature=0.0)
+
+
+def test_dropped_negatives_leave_the_loss_as_if_they_were_not_in_the_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4)
+    keep = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+    by_hand = []
+    for i in range(4):  # image i against the captions it may be contrasted with, and caption i likewise
+        row = logits[i][keep[i]]
+        by_hand.append(-torch.log_softmax(row, 0)[keep[i][: i + 1].sum() - 1])
+        col = logits[:, i][keep[:, i]]
+        by_hand.append(-torch.log_softmax(col, 0)[keep[: i + 1, i].sum() - 1])
+    torch.testing.assert_close(clip_loss(logits, keep), torch.stack(by_hand).mean())
+    assert clip_loss(logits, keep) < clip_loss(logits)  # fewer negatives, lower loss
+    torch.testing.assert_close(clip_loss(logits, torch.ones(4, 4, dtype=torch.bool)), clip_loss(logits))
+
+
+def test_shared_attribute_mask_keeps_pairs_that_share_shape_or_colour():
+    attributes = torch.tensor([[0, 2], [1, 2], [0, 3], [1, 4]])  # (shape, colour)
+    expected = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
+    assert torch.equal(shared_attribute_mask(attributes), expected)

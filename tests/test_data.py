@@ -441,3 +441,11 @@ def test_hard_negative_groups_of_unnamed_colours_may_use_every_shape():
     plan = batches.plan(0)
     assert {shape for _, shape in plan} == set(range(len(SHAPES)))
     assert all(make_item(plan[0][0], cfg, shape=k)["shape"] == k for k in range(len(SHAPES)))
+
+
+def test_hard_negative_attributes_describe_the_drawn_items():
+    cfg = ShapesConfig(image_size=32, unnamed_fraction=0.3, hard_fraction=0.5)
+    batches = HardNegativeBatches(cfg, batch_size=16)
+    attributes = batches.attributes(2)
+    items = [make_item(index, cfg, shape=shape) for index, shape in batches.plan(2)]
+    assert attributes.tolist() == [[item["shape"], item["colour"]] for item in items]

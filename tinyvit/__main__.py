@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_object
-from .contrastive import CLIP, clip_batch_loss, default_recipe
+from .contrastive import CLIP, clip_batch_loss, default_recipe, shared_attribute_mask
 from .data import Batches, HardNegativeBatches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .text import Tokenizer
@@ -176,7 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def batches(step: int):
         images, captions, _ = loader(step)
-        return images, tokenizer.encode_batch(captions, text.context_length)  # (B, 3, S, S), (B, T)
+        tokens = tokenizer.encode_batch(captions, text.context_length)  # (B, T)
+        if not args.data and recipe["shapes"].shared_attribute_negatives:
+            return images, tokens, shared_attribute_mask(loader.attributes(step))  # (B, 3, S, S), (B, T), (B, B)
+        return images, tokens  # (B, 3, S, S), (B, T)
 
     created = not out.exists()
     stage = out / ".partial"

@@ -23,19 +23,31 @@ def clip_logits(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch
     return logit_scale.exp() * img_emb @ txt_emb.T  # (B, B')
 
 
-def one_way_loss(logits: torch.Tensor) -> torch.Tensor:
+def one_way_loss(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """The chapter's loss: each image must pick its caption among the batch's captions (image -> text only).
-    (B, B) -> scalar."""
+    (B, B) -> scalar. `keep` (B, B) bool drops the negatives where it is False (the diagonal is always kept)."""
     targets = torch.arange(logits.shape[0], device=logits.device)
+    if keep is not None:
+        keep = keep | torch.eye(len(keep), dtype=torch.bool, device=keep.device)
+        logits = logits.masked_fill(~keep, float("-inf"))
     return F.cross_entropy(logits, targets)
 
 
-def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+def clip_loss(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE, as CLIP trains: the mean of the image -> text and text -> image cross-entropies.
-    (B, B) -> scalar."""
+    (B, B) -> scalar. `keep` (B, B) bool, symmetric, drops the negatives where it is False."""
     if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
         raise ValueError(f"clip_loss expects square (B, B) logits, got shape {tuple(logits.shape)}")
-    return (one_way_loss(logits) + one_way_loss(logits.T)) / 2
+    if keep is not None and keep.shape != logits.shape:
+        raise ValueError(f"keep must have the logits' shape {tuple(logits.shape)}, got {tuple(keep.shape)}")
+    return (one_way_loss(logits, keep) + one_way_loss(logits.T, None if keep is None else keep.T)) / 2
+
+
+def shared_attribute_mask(attributes: torch.Tensor) -> torch.Tensor:
+    """Which pairs may serve as negatives: those that share at least one attribute. (B, K) long -> (B, B) bool.
+    With K = (shape, colour), a blue square is contrasted with blue triangles and red squares, never with a red
+    circle: so the loss never teaches that blue rules circles out, which would wreck unseen pairs."""
+    return (attributes[:, None, :] == attributes[None, :, :]).any(dim=-1)  # (B, B)
 
 
 class CLIP(nn.Module):
@@ -87,10 +99,11 @@ class CLIP(nn.Module):
         return {"vision": self.vision_cfg.to_dict(), "text": self.text_cfg.to_dict()}
 
 
-def clip_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The loss function `train.fit` calls: batch = (images (B, C, H, W), tokens (B, T)) -> symmetric InfoNCE."""
-    images, tokens = batch
-    return clip_loss(model(images, tokens))
+def clip_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The loss function `train.fit` calls: batch = (images (B, C, H, W), tokens (B, T)[, keep (B, B) bool])
+    -> symmetric InfoNCE."""
+    images, tokens, *keep = batch
+    return clip_loss(model(images, tokens), *keep)
 
 
 def default_recipe() -> dict:

@@ -54,6 +54,8 @@ class ShapesConfig:
     # `group_size` copies of one scene differing only in the main shape.
     hard_fraction: float = 0.0
     group_size: int = 4
+    # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
+    shared_attribute_negatives: bool = False
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -504,6 +506,11 @@ class HardNegativeBatches:
             plan += [(index, int(k)) for k in rng.choice(shapes, self.group_size, replace=False)]
         plan += [(first + j, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
         return plan
+
+    def attributes(self, step: int) -> torch.Tensor:
+        """Main (shape, colour) of each item of this step, colour -1 for one without a name. -> LongTensor (B, 2)."""
+        scenes = [_scene(index, self.cfg, self.split, self.seed, shape)[0] for index, shape in self.plan(step)]
+        return torch.tensor([[scene["shape"], scene["colour"]] for scene in scenes], dtype=torch.long)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         plan = self.plan(step)
