@@ -194,7 +194,7 @@ def test_encode_qa_lays_out_question_then_answer():
         encode_qa(tok, records, 6)
 
 
-def test_batches_are_a_function_of_the_step():
+def test_batches_pack_each_images_questions_into_one_row():
     dataset = ShapesDataset(10, ShapesConfig(image_size=32), "train")
     tok, records = train_tokenizer(dataset), make_qa(dataset)
     ids, mask = encode_qa(tok, records, 24)
@@ -202,9 +202,33 @@ def test_batches_are_a_function_of_the_step():
     batches = QABatches(tokens, records, ids, mask, batch_size=4, seed=3)
     a, b = batches(7), QABatches(tokens, records, ids, mask, batch_size=4, seed=3)(7)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    image, batch_ids, batch_mask = a
+    image, batch_ids, batch_mask, segments = a
     assert image.shape == (4, 1, 32) and image.dtype == torch.float32
-    assert batch_ids.shape == batch_mask.shape and (batch_ids[:, -1] != PAD_ID).any()
+    assert batch_ids.shape == batch_mask.shape == segments.shape and (segments[:, -1] != -1).any()
+    for row in range(4):
+        image_index = int(torch.nonzero((tokens.float() == image[row]).all(-1).all(-1))[0])
+        mine = [m for m, r in enumerate(records) if r["image"] == image_index]
+        assert int(segments[row].max()) == len(mine)
+        for j, m in enumerate(mine):  # pair j + 1 of the row is record m, answer mask included
+            n = int((ids[m] != PAD_ID).sum())
+            assert torch.equal(batch_ids[row][segments[row] == j + 1], ids[m, :n])
+            assert torch.equal(batch_mask[row][segments[row] == j + 1], mask[m, :n])
+
+
+def test_a_packed_row_equals_its_pairs_run_alone():
+    model = Thinker(dataclasses.replace(TINY, variant="all", image_tokens=3)).eval()
+    image = torch.randn(1, 3, 32)
+    pairs = [torch.randint(4, 40, (n,)) for n in (5, 7, 4)]
+    # Three pairs and more padding than the context holds (padding must not need positions of its own).
+    packed = torch.cat(pairs + [torch.zeros(15, dtype=torch.long)])[None]  # (1, 31)
+    segments = torch.cat([torch.full((len(p),), j + 1) for j, p in enumerate(pairs)] + [torch.full((15,), -1)])[None]
+    together = model(image, packed, segments)  # (1, 3 + 31, V)
+    start = 3
+    for j, pair in enumerate(pairs):
+        alone = model(image, pair[None])  # (1, 3 + n, V)
+        torch.testing.assert_close(together[:, start : start + len(pair)], alone[:, 3:], rtol=1e-4, atol=1e-5)
+        start += len(pair)
+    torch.testing.assert_close(together[:, :3], model(image, pairs[0][None])[:, :3], rtol=1e-4, atol=1e-5)
 
 
 def test_short_training_lowers_the_loss_and_answers_exactly():
@@ -216,8 +240,8 @@ def test_short_training_lowers_the_loss_and_answers_exactly():
     tokens = torch.randn(4, 1, 32).half()
     model = Thinker(cfg)
     untrained = evaluate_qa(model, tok, tokens, records)
-    train = TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup_steps=5, eval_every=0)
-    history = fit(model, thinker_batch_loss, QABatches(tokens, records, ids, mask, 32), train, progress=False)
+    train = TrainConfig(steps=60, batch_size=4, lr=1e-2, warmup_steps=5, eval_every=0)
+    history = fit(model, thinker_batch_loss, QABatches(tokens, records, ids, mask, 4), train, progress=False)
     assert np.mean(history["loss"][-5:]) < 0.1 * np.mean(history["loss"][:5])
     scores = evaluate_qa(model, tok, tokens, records)
     assert set(scores["accuracy"]) == {"shape", "colour", "position", "describe"}
