@@ -12,6 +12,7 @@ from .model import (
     MLP, Attention, Block, VisionEncoder, VisionTransformer, forward_flops, param_report, resample_pos_embed,
 )
 from .patches import PatchEmbed, patchify, unpatchify
+from .rollout import attention_rollout, cls_rollout_map, object_patch_mask
 from .text import TextEncoder, Tokenizer
 from .train import fit, load_checkpoint, lr_at, resolve_device, save_checkpoint
 
@@ -19,7 +20,7 @@ __all__ = [
     "ViTConfig", "TextConfig", "TrainConfig", "seed_everything",
     "patchify", "unpatchify", "PatchEmbed",
     "Attention", "MLP", "Block", "VisionTransformer", "VisionEncoder", "param_report", "resample_pos_embed",
-    "forward_flops",
+    "forward_flops", "attention_rollout", "cls_rollout_map", "object_patch_mask",
     "Tokenizer", "TextEncoder",
     "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe",
     "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",
