@@ -35,8 +35,8 @@ from .train import check_configs, fit, load_checkpoint, resolve_device, save_che
 
 QUESTION_TYPES = ("shape", "colour", "position", "describe")
 THINKER_FILE = "thinker.pt"
-# Measured on a shared 2-core CPU: the "all" variant (65 image tokens at 64x64) trains these steps in about
-# 3 minutes, "cls" in about 1; see benchmarks/thinker_qa.py.
+# batch_size counts images, each with all its questions (~5.5). On the shared 2-core CPU (one thread) these
+# 600 steps took 76-111 s for "cls" and 133-146 s for "all" (65 image tokens at 64x64); benchmarks/thinker_qa.py.
 RECIPE = TrainConfig(steps=600, batch_size=16, lr=3e-3, weight_decay=0.05, warmup_steps=30, eval_every=0)
 
 
