@@ -50,7 +50,7 @@ class Thinker(nn.Module):
         # Block reads only width, heads, MLP and dropout from a ViTConfig; the image fields are unused.
         block_cfg = ViTConfig(image_size=1, patch_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
                               mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, out_dim=cfg.dim)
-        # The projector's tokens are ~9 long and the N of one image point almost the same way (cosine ~0.85);
+        # The projector's tokens are ~8 long and the N of one image point almost the same way (cosine ~0.85);
         # a LayerNorm with gain 0.02 brings them to the scale of the text embeddings and positions, so the
         # Thinker's own position embeddings can tell the N image tokens apart. It mixes nothing across tokens.
         self.image_norm = nn.LayerNorm(cfg.dim)
