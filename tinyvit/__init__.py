@@ -14,6 +14,7 @@ from .model import (
 from .patches import PatchEmbed, patchify, unpatchify
 from .rollout import attention_rollout, cls_rollout_map, object_patch_mask
 from .text import TextEncoder, Tokenizer
+from .thinker import Thinker, generate, load_thinker, train_thinker
 from .train import fit, load_checkpoint, lr_at, resolve_device, save_checkpoint
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "Tokenizer", "TextEncoder",
     "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe",
     "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",
+    "Thinker", "generate", "train_thinker", "load_thinker",
     "similarity_matrix", "recall_at_k", "zero_shot_classify", "embed_images", "evaluate_clip", "evaluate_shapes",
 ]
