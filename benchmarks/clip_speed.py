@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +29,8 @@ from tinyvit.config import TextConfig, ViTConfig
 from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, default_recipe
 from tinyvit.text import TextEncoder
 
-
-class PeerVision(nn.Module):
-    """The same ViT, its blocks from nn.TransformerEncoderLayer. (B, C, H, W) -> (B, E)."""
-
-    def __init__(self, cfg: ViTConfig):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim) * 0.02)
-        self.pos_drop = nn.Dropout(0.1)  # the source system: dropout 0.1 everywhere
-        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, cfg.mlp_dim, dropout=0.1, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N, D)
-        return self.projector(self.norm(self.blocks(x))[:, 0])  # (B, E)
+sys.path.insert(0, str(Path(__file__).parent))
+from encoder_speed import PeerEncoder as PeerVision  # noqa: E402  the same ViT from nn.TransformerEncoderLayer
 
 
 class PeerCLIP(nn.Module):

@@ -27,6 +27,7 @@ class PeerEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_tokens, cfg.dim) * 0.02)
+        self.pos_drop = nn.Dropout(cfg.dropout)  # as tinyvit's: dropout right after adding positions
         layer = nn.TransformerEncoderLayer(
             cfg.dim, cfg.heads, cfg.mlp_dim, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -36,7 +37,7 @@ class PeerEncoder(nn.Module):
 
     def forward(self, images):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, N, D)
+        x = self.pos_drop(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed)  # (B, N, D)
         return self.projector(self.norm(self.blocks(x))[:, 0])  # (B, E)
 
 
