@@ -347,6 +347,9 @@ def test_search_finds_cls(browser, base_url):
     try:
         page.goto(f"{base_url}search.html?q=CLS")
         page.wait_for_selector("ul.search li", timeout=15_000)
+        # Sphinx adds the hits one by one and says so when done: read them only then.
+        page.wait_for_function("() => /Search finished/.test(document.querySelector('.search-summary')?.textContent"
+                               " || '')", timeout=15_000)
         hits = [doc_of(href, base_url) for href in
                 page.eval_on_selector_all("ul.search li a", "as => as.map(a => a.href)")]
     finally:
