@@ -26,8 +26,22 @@ SOURCE_KEYS = {
 }
 
 
+class DictConfig:
+    """What every config shares: `to_dict`, and `from_dict`, which refuses unknown or doubled keys by name."""
+
+    KEY_ALIASES: dict[str, str] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _from_dict(cls, data, aliases=cls.KEY_ALIASES)
+
+
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(DictConfig):
+    KEY_ALIASES = SOURCE_KEYS  # from_dict also reads the source system's key names (not a field: no annotation)
     image_size: int = 224
     patch_size: int = 16  # 224 / 16 = 14 -> a 14x14 grid of 196 patches, + 1 CLS token = 197
     in_channels: int = 3
@@ -79,14 +93,6 @@ class ViTConfig:
         """Dh = D // h = 64."""
         return self.dim // self.heads
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
-        """Build from our own keys or the source system's (`img_size, patch, d_model, ...`)."""
-        return _from_dict(cls, data, aliases=SOURCE_KEYS)
-
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
@@ -134,7 +140,7 @@ def seed_everything(seed: int) -> None:
 
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(DictConfig):
     """The caption side: SentencePiece vocabulary, context length, and the text encoder's shape."""
 
     vocab_size: int = 256
@@ -159,16 +165,9 @@ class TextConfig:
         if self.dim % self.heads:
             raise ValueError(f"TextConfig dim {self.dim} is not divisible by heads {self.heads}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TextConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How to train: optimiser, schedule, batch, evaluation cadence, seed, device."""
 
     steps: int = 600
@@ -198,16 +197,9 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, data)
-
 
 @dataclass(frozen=True)
-class ThinkerConfig:
+class ThinkerConfig(DictConfig):
     """The Thinker: a small causal language model reading [image token(s), question, answer] (tinyvit.thinker)."""
 
     vocab_size: int = 128
@@ -241,10 +233,3 @@ class ThinkerConfig:
     def max_tokens(self) -> int:
         """Longest input: image tokens + text tokens."""
         return self.image_tokens + self.context_length
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ThinkerConfig":
-        return _from_dict(cls, data)

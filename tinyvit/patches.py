@@ -98,8 +98,3 @@ class PatchEmbed(nn.Module):
             self.proj.bias.copy_(other.proj.bias)
         return self
 
-
-def grid_shape(images: torch.Tensor, patch_size: int) -> tuple[int, int]:
-    """(rows, columns) of the patch grid for a batch of images."""
-    return images.shape[-2] // patch_size, images.shape[-1] // patch_size
-
