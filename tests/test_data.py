@@ -125,10 +125,19 @@ def test_two_objects_do_not_overlap():
     ({"image_size": 4}, "image_size"), ({"max_objects": 3}, "max_objects"),
     ({"min_objects": 2, "max_objects": 1}, "min_objects"),
     ({"min_size": 0.6, "max_size": 0.5}, "min_size"), ({"max_size": 0.9}, "max_size"), ({"noise": -0.1}, "noise"),
+    ({"background": (0.8, 0.2)}, "background"), ({"background": (0.5,)}, "background"),
+    ({"background": 0.5}, "background"),
 ])
 def test_shapes_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ShapesConfig(**kwargs)
+
+
+def test_background_sets_the_grey_level_and_reads_a_json_list():
+    cfg = ShapesConfig(background=[0.9, 0.9], noise=0.0, texture=0.0, max_size=0.2, min_size=0.2)
+    assert cfg.background == (0.9, 0.9)
+    corner = make_item(0, cfg)["image"][0, 0].astype(float)  # shapes are 20 % of the side and not in the corner
+    assert abs(corner.mean() - 0.9 * 255) <= 11  # + a tint of at most 10 per channel
 
 
 def test_unknown_split_is_refused():

@@ -43,6 +43,7 @@ class ShapesConfig:
     max_objects: int = 2
     min_size: float = 0.15
     max_size: float = 0.5
+    background: tuple[float, float] = (0.3, 0.7)  # range of the background's grey level (0 black, 1 white)
     noise: float = 0.03  # std of the per-pixel noise, as a fraction of 255
     texture: float = 0.06  # amplitude of the smooth background waves, as a fraction of 255
     colour_jitter: float = 0.06  # per-object shade change, as a fraction of 255
@@ -64,6 +65,11 @@ class ShapesConfig:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 2, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             raise ValueError(f"need 0.05 <= min_size <= max_size <= 0.6, got {self.min_size}, {self.max_size}")
+        background = tuple(self.background) if isinstance(self.background, (list, tuple)) else ()
+        if len(background) != 2 or not 0 <= background[0] <= background[1] <= 1:
+            raise ValueError(f"background must be a (low, high) pair of grey levels with 0 <= low <= high <= 1, "
+                             f"got {self.background!r}")
+        object.__setattr__(self, "background", (float(background[0]), float(background[1])))  # a JSON list too
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
                           ("unnamed_fraction", 1.0), ("hard_fraction", 1.0)):
             if not 0 <= getattr(self, name) <= top:
@@ -189,7 +195,7 @@ def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Gen
     """Draw the objects on a textured, noisy background. -> uint8 (S, S, 3)."""
     S = cfg.image_size
     u = np.linspace(0, 1, S, dtype=np.float32)
-    base = rng.uniform(0.3, 0.7) * 255 + rng.uniform(-10, 10, 3)  # a neutral grey with a faint tint
+    base = rng.uniform(*cfg.background) * 255 + rng.uniform(-10, 10, 3)  # a neutral grey with a faint tint
     image = np.broadcast_to(base.astype(np.float32), (S, S, 3)).copy()  # (S, S, 3)
     for _ in range(2):  # smooth waves of low frequency: a mild texture
         fx, fy, phase = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(0, 2 * np.pi)
