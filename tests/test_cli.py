@@ -201,3 +201,25 @@ def test_config_file_merges_over_the_recipe_and_flags_win(tmp_path):
 def test_threads_must_be_positive(tmp_path, capsys):
     err = one_error_line(capsys, tiny_train_args(tmp_path / "t", "--threads", "0"))
     assert "--threads must be at least 1, got 0" in err
+
+
+def test_negatives_mask_contrasts_one_scene_first_then_shared_attributes():
+    from tinyvit.data import HardNegativeBatches
+
+    shapes = ShapesConfig(hard_fraction=1.0, group_size=4, shared_attribute_negatives=True, shape_first_steps=2)
+    loader = HardNegativeBatches(shapes, 8, seed=0)
+    _, _, indices = loader(1)
+    early = cli.negatives_mask(shapes, loader, 1, indices)
+    assert torch.equal(early, torch.block_diag(torch.ones(4, 4), torch.ones(4, 4)).bool())  # two groups of 4
+    late = cli.negatives_mask(shapes, loader, 2, loader(2)[2])
+    attributes = loader.attributes(2)
+    assert torch.equal(late, (attributes[:, None] == attributes[None]).any(-1))
+    plain = ShapesConfig(hard_fraction=1.0)
+    assert cli.negatives_mask(plain, HardNegativeBatches(plain, 8), 0, indices) is None
+
+
+def test_shape_first_steps_needs_every_item_in_a_group():
+    with pytest.raises(ValueError, match="hard_fraction 1.0"):
+        ShapesConfig(shape_first_steps=10, hard_fraction=0.5)
+    with pytest.raises(ValueError, match="shape_first_steps"):
+        ShapesConfig(shape_first_steps=-1, hard_fraction=1.0)

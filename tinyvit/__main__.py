@@ -175,11 +175,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = CLIP(vision, text, train.init_temperature)
 
     def batches(step: int):
-        images, captions, _ = loader(step)
+        images, captions, indices = loader(step)
         tokens = tokenizer.encode_batch(captions, text.context_length)  # (B, T)
-        if not args.data and recipe["shapes"].shared_attribute_negatives:
-            return images, tokens, shared_attribute_mask(loader.attributes(step))  # (B, 3, S, S), (B, T), (B, B)
-        return images, tokens  # (B, 3, S, S), (B, T)
+        keep = None if args.data else negatives_mask(recipe["shapes"], loader, step, indices)
+        return (images, tokens) if keep is None else (images, tokens, keep)  # (B, 3, S, S), (B, T)[, (B, B)]
 
     created = not out.exists()
     stage = out / ".partial"
@@ -207,6 +206,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(summary(metrics, bool(args.data)))
     print(f"wrote {out}: {', '.join(RUN_FILES)}")
     return 0
+
+
+def negatives_mask(shapes: ShapesConfig, loader: HardNegativeBatches, step: int,
+                   indices: torch.Tensor) -> torch.Tensor | None:
+    """Which pairs of a shapes batch the loss may contrast (None: all of them). During the first
+    `shape_first_steps`, only copies of one scene (same scene index: they differ in shape alone); then, with
+    `shared_attribute_negatives`, pairs that share the main shape or colour. -> (B, B) bool or None."""
+    if step < shapes.shape_first_steps:
+        return shared_attribute_mask(indices[:, None])  # one attribute, the scene: a block per group
+    if shapes.shared_attribute_negatives:
+        return shared_attribute_mask(loader.attributes(step))
+    return None
 
 
 def summary(metrics: dict, manifest: bool) -> str:

@@ -57,6 +57,9 @@ class ShapesConfig:
     group_size: int = 4
     # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
     shared_attribute_negatives: bool = False
+    # For the first N training steps contrast only the copies of one scene (a hard-negative group, so hard_fraction
+    # must be 1): shape is then the only thing that tells captions apart, and colour cannot crowd it out.
+    shape_first_steps: int = 0
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -69,6 +72,11 @@ class ShapesConfig:
         if len(background) != 2 or not 0 <= background[0] <= background[1] <= 1:
             raise ValueError(f"background must be a (low, high) pair of grey levels with 0 <= low <= high <= 1, "
                              f"got {self.background!r}")
+        if not isinstance(self.shape_first_steps, int) or self.shape_first_steps < 0:
+            raise ValueError(f"shape_first_steps must be a non-negative integer, got {self.shape_first_steps!r}")
+        if self.shape_first_steps and self.hard_fraction != 1.0:
+            raise ValueError(f"shape_first_steps contrasts the copies of one scene, so every item must be in a "
+                             f"hard-negative group: need hard_fraction 1.0, got {self.hard_fraction}")
         object.__setattr__(self, "background", (float(background[0]), float(background[1])))  # a JSON list too
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
                           ("unnamed_fraction", 1.0), ("hard_fraction", 1.0)):
