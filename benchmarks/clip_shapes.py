@@ -8,6 +8,10 @@ seen pairs, and zero-shot shape / colour on the variant generator's held-out pai
     python benchmarks/clip_shapes.py                      # the default recipe (python -m tinyvit train)
     python benchmarks/clip_shapes.py --recipe naive       # plain batches, the chapter's dropout: the shortcut
     python benchmarks/clip_shapes.py --hard-fraction 0.5 --unnamed-fraction 0 --steps 600   # any variant
+    python benchmarks/clip_shapes.py --score data/shapes_clip    # score a finished run, no training
+
+The variant generator draws on mid-grey, gradient and checkerboard backgrounds (70-190 of 255); `--score` scores it
+both as drawn and redrawn on light backgrounds, to tell the background apart from its other changes.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from shapes_variant import variant_items  # noqa: E402
 
-from tinyvit.contrastive import CLIP, clip_batch_loss, default_recipe, shared_attribute_mask  # noqa: E402
-from tinyvit.data import HardNegativeBatches, ShapesDataset, heldout_pairs, to_tensor  # noqa: E402
+from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
+from tinyvit.contrastive import CLIP, clip_batch_loss, default_recipe  # noqa: E402
+from tinyvit.data import HardNegativeBatches, ShapesConfig, ShapesDataset, heldout_pairs, to_tensor  # noqa: E402
 from tinyvit.evaluate import class_embeddings, embed_images, evaluate_shapes, shapes_prompts  # noqa: E402
 from tinyvit.text import Tokenizer  # noqa: E402
 from tinyvit.train import fit  # noqa: E402
@@ -34,10 +39,12 @@ def recipe_for(args: argparse.Namespace) -> dict:
     recipe = default_recipe()
     if args.recipe == "naive":  # what issue 4 started from: plain batches, the chapter's dropout everywhere
         recipe["shapes"] = dataclasses.replace(recipe["shapes"], hard_fraction=0.0, unnamed_fraction=0.0,
-                                               shared_attribute_negatives=False)
+                                               shared_attribute_negatives=False, shape_first_steps=0,
+                                               background=(0.3, 0.7))
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=0.1)
-    shapes = {k: v for k, v in (("hard_fraction", args.hard_fraction), ("unnamed_fraction", args.unnamed_fraction))
-              if v is not None}
+    shapes = {k: v for k, v in (("hard_fraction", args.hard_fraction), ("unnamed_fraction", args.unnamed_fraction),
+                                ("shape_first_steps", args.shape_first_steps),
+                                ("background", args.background and tuple(args.background))) if v is not None}
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], **shapes)
     if args.dropout is not None:
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=args.dropout)
@@ -56,11 +63,32 @@ def variant_scores(model: CLIP, tokenizer: Tokenizer, items: list[dict]) -> dict
     return out
 
 
+def score_run(run_dir: str) -> None:
+    """One row for a finished run: held-out and seen pairs as it was trained, and the variant generator's held-out
+    pairs on its own backgrounds and on light ones."""
+    model, tokenizer = load_run(run_dir)
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    shapes = ShapesConfig(**config["shapes"])
+    size, seed = shapes.image_size, config["train"]["seed"]
+    held = evaluate_shapes(model, tokenizer, ShapesDataset(500, shapes, "heldout", seed=seed))
+    seen = evaluate_shapes(model, tokenizer, ShapesDataset(500, shapes, "test", seed=seed))
+    row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
+           "held-out i2t R@1": held["i2t_recall@1"], "seen shape": seen["shape_zero_shot"],
+           "seen colour": seen["colour_zero_shot"]}
+    for name, light in (("variant", False), ("variant, light backgrounds", True)):
+        scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
+        row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})
+    for key, value in row.items():
+        print(f"{key:34s} {value:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=["default", "naive"], default="default")
     parser.add_argument("--hard-fraction", type=float)
     parser.add_argument("--unnamed-fraction", type=float)
+    parser.add_argument("--shape-first-steps", type=int, help="steps that contrast only the copies of one scene")
+    parser.add_argument("--background", type=float, nargs=2, metavar=("LOW", "HIGH"), help="grey-level range")
     parser.add_argument("--dropout", type=float)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--steps", type=int)
@@ -68,8 +96,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--score", metavar="RUN_DIR", help="score this finished run instead of training one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.score:
+        score_run(args.score)
+        return
     recipe = recipe_for(args)
     vision, text, train, shapes = recipe["vision"], recipe["text"], recipe["train"], recipe["shapes"]
     tokenizer = Tokenizer.train(ShapesDataset(4000, shapes, "train", seed=train.seed).captions, text.vocab_size)
@@ -82,11 +114,10 @@ def main() -> None:
 
     def batches(step: int):
         done[0] = step + 1
-        images, captions, _ = stream(step)
+        images, captions, indices = stream(step)
         tokens = tokenizer.encode_batch(captions, text.context_length)
-        if shapes.shared_attribute_negatives:
-            return images, tokens, shared_attribute_mask(stream.attributes(step))
-        return images, tokens
+        keep = negatives_mask(shapes, stream, step, indices)  # as `python -m tinyvit train` does
+        return (images, tokens) if keep is None else (images, tokens, keep)
 
     heldout = ShapesDataset(500, shapes, "heldout", seed=1)
     seen = ShapesDataset(300, dataclasses.replace(shapes, max_objects=1), "test", seed=2)

@@ -35,9 +35,11 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, light: bool = False) -> np.ndarray:
     kind = rng.integers(3)
     base = rng.uniform(70, 190)
+    if light:  # the same kinds of background, shifted to light paper (200-225, +-30 with the gradient)
+        base = 200 + (base - 70) * 25 / 120
     if kind == 0:  # flat
         image = np.full((size, size, 3), base, np.float32)
     elif kind == 1:  # gradient
@@ -50,12 +52,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def variant_item(index: int, image_size: int, pairs: list[tuple[str, str]], seed: int = 0) -> dict:
+def variant_item(index: int, image_size: int, pairs: list[tuple[str, str]], seed: int = 0, light: bool = False) -> dict:
     """One image with a single shape of one of `pairs` (shape, colour), its caption and labels."""
     rng = np.random.default_rng([seed, 977, index])
     shape, colour = pairs[rng.integers(len(pairs))]
     S = image_size
-    image = _background(rng, S)
+    image = _background(rng, S, light)
     radius = rng.uniform(0.2, 0.55) * S / 2  # shapes 20 % to 55 % of the side
     cx, cy = rng.uniform(radius, S - radius, 2)
     ss = 3  # supersampling for soft edges
@@ -69,6 +71,6 @@ def variant_item(index: int, image_size: int, pairs: list[tuple[str, str]], seed
             "shape": SHAPES.index(shape), "colour": COLOURS.index(colour)}
 
 
-def variant_items(n: int, image_size: int, pairs, seed: int = 0) -> list[dict]:
+def variant_items(n: int, image_size: int, pairs, seed: int = 0, light: bool = False) -> list[dict]:
     pairs = sorted(pairs)
-    return [variant_item(i, image_size, pairs, seed) for i in range(n)]
+    return [variant_item(i, image_size, pairs, seed, light) for i in range(n)]

@@ -223,3 +223,14 @@ def test_shape_first_steps_needs_every_item_in_a_group():
         ShapesConfig(shape_first_steps=10, hard_fraction=0.5)
     with pytest.raises(ValueError, match="shape_first_steps"):
         ShapesConfig(shape_first_steps=-1, hard_fraction=1.0)
+
+
+def test_other_step_counts_keep_the_recipes_shape_phase_share(tmp_path):
+    base = cli.default_recipe()
+    share = base["shapes"].shape_first_steps / base["train"].steps
+    args = cli.build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--steps", "100"])
+    assert cli.recipe_from_args(args)["shapes"].shape_first_steps == round(100 * share)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train": {"steps": 40}, "shapes": {"shape_first_steps": 30}}))
+    args = cli.build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--config", str(config)])
+    assert cli.recipe_from_args(args)["shapes"].shape_first_steps == 30  # named in the config: kept

@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args: argparse.Namespace) -> dict:
     """The default recipe, then the --config file's sections merged over it, then the flags."""
     recipe = default_recipe()
+    config_shapes: dict = {}
     if args.config:
         data = read_json_object(args.config)
+        config_shapes = data.get("shapes", {}) if isinstance(data.get("shapes"), dict) else {}
         if not {"vision", "text", "train", "shapes", "data"} & set(data):
             data = {"vision": data}  # a bare ViT config, e.g. the source system's vision_tiny.json
         for section, values in data.items():
@@ -122,9 +124,13 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
                        "device": args.device}}
     for section, values in flags.items():
         recipe[section] = dataclasses.replace(recipe[section], **{k: v for k, v in values.items() if v is not None})
-    train = recipe["train"]
+    train, base_steps = recipe["train"], default_recipe()["train"].steps
     if args.steps is not None and train.warmup_steps > args.steps // 10:
         recipe["train"] = dataclasses.replace(train, warmup_steps=args.steps // 10)
+    shapes, steps = recipe["shapes"], recipe["train"].steps
+    if steps != base_steps and "shape_first_steps" not in config_shapes:
+        # other steps, no shape phase named: keep the recipe's split between the shape phase and the rest
+        recipe["shapes"] = dataclasses.replace(shapes, shape_first_steps=round(shapes.shape_first_steps * steps / base_steps))
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], image_size=recipe["vision"].image_size)
     return recipe
 
