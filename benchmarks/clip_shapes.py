@@ -7,7 +7,7 @@ seen pairs, and zero-shot shape / colour on the variant generator's held-out pai
 
     python benchmarks/clip_shapes.py                      # the default recipe (python -m tinyvit train)
     python benchmarks/clip_shapes.py --recipe naive       # plain batches, the chapter's dropout: the shortcut
-    python benchmarks/clip_shapes.py --hard-fraction 0.5 --unnamed-fraction 0 --steps 600   # any variant
+    python benchmarks/clip_shapes.py --hard-fraction 0.5 --shape-first-steps 0 --steps 600   # any variant
     python benchmarks/clip_shapes.py --score data/shapes_clip    # score a finished run, no training
 
 The variant generator draws on mid-grey, gradient and checkerboard backgrounds (70-190 of 255); `--score` scores it
@@ -48,6 +48,9 @@ def recipe_for(args: argparse.Namespace) -> dict:
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], **shapes)
     if args.dropout is not None:
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=args.dropout)
+    if args.steps is not None and args.shape_first_steps is None:  # keep the recipe's share of shape-only steps
+        share = recipe["shapes"].shape_first_steps / recipe["train"].steps
+        recipe["shapes"] = dataclasses.replace(recipe["shapes"], shape_first_steps=round(args.steps * share))
     train = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
     recipe["train"] = dataclasses.replace(recipe["train"], device="cpu", eval_every=args.eval_every, **train)
     return recipe

@@ -130,7 +130,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     shapes, steps = recipe["shapes"], recipe["train"].steps
     if steps != base_steps and "shape_first_steps" not in config_shapes:
         # other steps, no shape phase named: keep the recipe's split between the shape phase and the rest
-        recipe["shapes"] = dataclasses.replace(shapes, shape_first_steps=round(shapes.shape_first_steps * steps / base_steps))
+        share = shapes.shape_first_steps / base_steps
+        recipe["shapes"] = dataclasses.replace(shapes, shape_first_steps=round(steps * share))
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], image_size=recipe["vision"].image_size)
     return recipe
 

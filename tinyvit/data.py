@@ -76,7 +76,8 @@ class ShapesConfig:
             raise ValueError(f"shape_first_steps must be a non-negative integer, got {self.shape_first_steps!r}")
         if self.shape_first_steps and self.hard_fraction != 1.0:
             raise ValueError(f"shape_first_steps contrasts the copies of one scene, so every item must be in a "
-                             f"hard-negative group: need hard_fraction 1.0, got {self.hard_fraction}")
+                             f"hard-negative group: need hard_fraction 1.0, got {self.hard_fraction} "
+                             f"(or set shape_first_steps to 0)")
         object.__setattr__(self, "background", (float(background[0]), float(background[1])))  # a JSON list too
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
                           ("unnamed_fraction", 1.0), ("hard_fraction", 1.0)):
