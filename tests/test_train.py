@@ -193,3 +193,13 @@ def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "c.pt")["step"] == 6  # saved after steps 3 and 6
     resumed = fit(tiny_clip(), clip_batch_loss, batches, cfg, resume=tmp_path / "c.pt", progress=False)
     assert resumed["loss"] == whole["loss"]
+
+
+def test_set_threads_keeps_torchs_choice_or_refuses_below_one():
+    from tinyvit.train import set_threads
+
+    before = torch.get_num_threads()
+    set_threads(None)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+        set_threads(0)

@@ -24,7 +24,7 @@ from .data import Batches, HardNegativeBatches, ManifestDataset, ShapesConfig, S
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .text import Tokenizer
 from .thinker import add_commands as add_thinker_commands
-from .train import fit, load_checkpoint, load_model, resolve_device
+from .train import THREADS_HELP, fit, load_checkpoint, load_model, resolve_device, set_threads
 
 RUN_FILES = ("checkpoint.pt", "tokenizer.model", "config.json", "history.json", "loss.png", "metrics.json")
 EVAL_ITEMS = 500  # items scored at the end of a run; 200 of them during it
@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (the recipe's default) picks CUDA, then MPS, else the CPU")
     train.add_argument("--text-encoder", choices=("mean", "transformer"), help="mean-pooled tokens or a transformer")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
-    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice; "
-                       "1 is often faster on a machine busy with other work)")
+    train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     train.add_argument("--force", action="store_true", help="overwrite a complete run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -152,10 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a complete run; pass --force to overwrite it")
     recipe = recipe_from_args(args)
     vision, train = recipe["vision"], recipe["train"]
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     resolve_device(train.device)  # a missing GPU fails here, before any work
     if args.data:
         dataset = load_manifest(args.data, vision.image_size)

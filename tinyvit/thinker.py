@@ -31,7 +31,7 @@ from .contrastive import CLIP
 from .data import COLOURS, POSITIONS, SHAPES, WHERE, Batches, ShapesConfig, ShapesDataset, read_rgb, to_tensor
 from .model import Block, VisionEncoder, trunc_normal
 from .text import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from .train import check_configs, fit, load_checkpoint, resolve_device, save_checkpoint
+from .train import THREADS_HELP, check_configs, fit, load_checkpoint, resolve_device, save_checkpoint, set_threads
 
 QUESTION_TYPES = ("shape", "colour", "position", "describe")
 THINKER_FILE = "thinker.pt"
@@ -483,8 +483,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     think.add_argument("--eval-images", type=int, default=500, help="held-out images scored at the end (default 500)")
     think.add_argument("--seed", type=int, default=RECIPE.seed)
     think.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
-    think.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice; "
-                       "1 is often faster on a machine busy with other work)")
+    think.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     think.add_argument("--force", action="store_true", help="overwrite a Thinker in THINKER_DIR")
     think.add_argument("--quiet", action="store_true", help="no progress bars")
     think.set_defaults(func=cmd_think)
@@ -503,11 +502,10 @@ def cmd_think(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / THINKER_FILE).exists() and not args.force:
         raise ValueError(f"{out} already holds a {THINKER_FILE}; pass --force to overwrite it")
-    for name in ("steps", "batch_size", "images", "eval_images", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
+    for name in ("steps", "batch_size", "images", "eval_images"):
+        if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                            "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
     result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet)

@@ -26,6 +26,18 @@ FORMAT = "tinyvit-checkpoint"
 FORMAT_VERSION = 1
 
 
+THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is often faster on a machine busy with other work)"
+
+
+def set_threads(threads: int | None) -> None:
+    """A command's --threads: None keeps torch's choice, anything below 1 is refused."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" picks CUDA, then Apple's MPS, else the CPU; a named device that is missing is an error."""
     if name == "auto":
