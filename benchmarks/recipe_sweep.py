@@ -1,7 +1,8 @@
 """One run of the issue-4 recipe sweep: CLIP on the shapes data with settings over the default recipe, scored every
 EVERY steps on held-out and seen colour-shape pairs. The 32 runs in benchmarks/README.md ("Sweeps") were made with
 it, 16 at a time on a borrowed GPU (fp32, batch 64, one CPU thread each for the data), from recipe_sweep.tsv; their
-logs, concatenated, are recipe_sweep_logs.jsonl:
+logs, concatenated, are recipe_sweep_logs.jsonl (written by this script's first draft, whose header line says
+"over" where this one says "settings", and which did not round the scores):
 
     while IFS=$'\\t' read -r name json; do
         python benchmarks/recipe_sweep.py "$name" "$json" --steps 3000 --every 500 --out logs &
