@@ -458,3 +458,6 @@ def test_hard_negative_attributes_describe_the_drawn_items():
     attributes = batches.attributes(2)
     items = [make_item(index, cfg, shape=shape) for index, shape in batches.plan(2)]
     assert attributes.tolist() == [[item["shape"], item["colour"]] for item in items]
+    batches(3)  # a drawn batch's labels are reused for its own step, and only for it
+    assert torch.equal(batches.attributes(3), HardNegativeBatches(cfg, batch_size=16).attributes(3))
+    assert torch.equal(batches.attributes(2), attributes)

@@ -115,7 +115,8 @@ def _unit_polygon(shape: str) -> np.ndarray:
 def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
            main_shape: int | None = None) -> tuple[dict[str, Any], np.random.Generator]:
     """Objects and caption of one item, and the generator left for drawing it (labels need no drawing).
-    `main_shape` swaps the main object's shape and nothing else: same place, size, colour, caption template, background."""
+    `main_shape` swaps the main object's shape and nothing else: same place, size, colour, caption template and
+    background."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0 or seed < 0:
@@ -191,10 +192,12 @@ def _caption(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Ge
         dx, dy = main["centre"][0] - o["centre"][0], main["centre"][1] - o["centre"][1]
         rel = ("above" if dy < 0 else "below") if abs(dy) >= abs(dx) else \
             ("to the left of" if dx < 0 else "to the right of")
-        templates = [f"{_name(main)} {rel} {other}", f"{size} {_name(main)} {rel} {other}", f"{_name(main)} and {other}"]
+        templates = [f"{_name(main)} {rel} {other}", f"{size} {_name(main)} {rel} {other}",
+                     f"{_name(main)} and {other}"]
     else:
         where = WHERE[POSITIONS[main["position"]]]
-        templates = [f"{_name(main)}", f"{size} {_name(main)}", f"{_name(main)} {where}", f"{size} {_name(main)} {where}",
+        templates = [f"{_name(main)}", f"{size} {_name(main)}", f"{_name(main)} {where}",
+                     f"{size} {_name(main)} {where}",
                      f"{shape} that is {colour}" if colour else f"{shape} {where}",
                      f"picture of {_article(colour)} {shape}" if colour else f"picture of {_article(shape)}"]
     return _article(templates[rng.integers(len(templates))])
@@ -491,8 +494,9 @@ class HardNegativeBatches:
     """Batches of fresh shapes items in which colour and position cannot tell captions apart: a `hard_fraction`
     of each batch comes in groups of `group_size` copies of one scene that differ only in the main object's shape
     (and so only in the caption's shape word). The rest are ordinary items. Both default to the ShapesConfig's;
-    with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene s * B + j. A pure function of (seed, step), like
-    Batches. batches(step) -> (images (B, 3, S, S), captions list[str], indices LongTensor (B,) of the scenes)."""
+    with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene s * B + j. A pure
+    function of (seed, step), like Batches. batches(step) -> (images (B, 3, S, S), captions list[str], indices
+    LongTensor (B,) of the scenes)."""
 
     def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int | None = None,
                  hard_fraction: float | None = None, split: str = "train"):
@@ -508,6 +512,7 @@ class HardNegativeBatches:
             raise ValueError("hard negatives swap shapes, which the heldout split (one pair per shape) cannot do")
         self.cfg, self.batch_size, self.seed, self.split = cfg, batch_size, seed, split
         self.group_size, self.groups = group_size, int(batch_size * hard_fraction) // group_size
+        self._drawn: tuple[int, torch.Tensor] | None = None  # (step, attributes) of the batch drawn last
 
     def plan(self, step: int) -> list[tuple[int, int | None]]:
         """(scene index, main shape or None for the scene's own) for each of the B items of this step."""
@@ -523,13 +528,22 @@ class HardNegativeBatches:
         return plan
 
     def attributes(self, step: int) -> torch.Tensor:
-        """Main (shape, colour) of each item of this step, colour -1 for one without a name. -> LongTensor (B, 2)."""
+        """Main (shape, colour) of each item of this step, colour -1 for one without a name. -> LongTensor (B, 2).
+        Right after batches(step) (as in a training step) the drawn items' labels are reused: no second plan."""
+        if self._drawn is not None and self._drawn[0] == step:
+            return self._drawn[1]
         scenes = [_scene(index, self.cfg, self.split, self.seed, shape)[0] for index, shape in self.plan(step)]
-        return torch.tensor([[scene["shape"], scene["colour"]] for scene in scenes], dtype=torch.long)
+        return _main_attributes(scenes)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         plan = self.plan(step)
         items = [make_item(index, self.cfg, self.split, self.seed, shape) for index, shape in plan]
+        self._drawn = (step, _main_attributes(items))
         images = torch.stack([to_tensor(item["image"]) for item in items])  # (B, 3, S, S)
         indices = torch.tensor([index for index, _ in plan], dtype=torch.long)
         return images, [item["caption"] for item in items], indices
+
+
+def _main_attributes(scenes: list[dict[str, Any]]) -> torch.Tensor:
+    """(shape, colour) of each scene's main object -> LongTensor (B, 2)."""
+    return torch.tensor([[scene["shape"], scene["colour"]] for scene in scenes], dtype=torch.long)
