@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from shapes_variant import variant_items  # noqa: E402
 
 from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
-from tinyvit.contrastive import CLIP, clip_batch_loss, default_recipe  # noqa: E402
+from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
 from tinyvit.data import HardNegativeBatches, ShapesConfig, ShapesDataset, heldout_pairs, to_tensor  # noqa: E402
 from tinyvit.evaluate import class_embeddings, embed_images, evaluate_shapes, shapes_prompts  # noqa: E402
 from tinyvit.text import Tokenizer  # noqa: E402
@@ -48,10 +48,11 @@ def recipe_for(args: argparse.Namespace) -> dict:
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], **shapes)
     if args.dropout is not None:
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=args.dropout)
-    if args.steps is not None and args.shape_first_steps is None:  # keep the recipe's share of shape-only steps
-        share = recipe["shapes"].shape_first_steps / recipe["train"].steps
-        recipe["shapes"] = dataclasses.replace(recipe["shapes"], shape_first_steps=round(args.steps * share))
-    train = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    if args.steps is not None and args.shape_first_steps is None and recipe["shapes"].shape_first_steps:
+        shape_steps = round(args.steps * SHAPE_PHASE_SHARE)  # the recipe's share of shape-only steps
+        recipe["shapes"] = dataclasses.replace(recipe["shapes"], shape_first_steps=shape_steps)
+    train = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("batch_size", args.batch_size))
+             if v is not None}
     recipe["train"] = dataclasses.replace(recipe["train"], device="cpu", eval_every=args.eval_every, **train)
     return recipe
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_object
-from .contrastive import CLIP, clip_batch_loss, default_recipe, shared_attribute_mask
+from .contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe, shared_attribute_mask
 from .data import Batches, HardNegativeBatches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .text import Tokenizer
@@ -126,11 +126,10 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     train, base_steps = recipe["train"], default_recipe()["train"].steps
     if args.steps is not None and train.warmup_steps > args.steps // 10:
         recipe["train"] = dataclasses.replace(train, warmup_steps=args.steps // 10)
-    shapes, steps = recipe["shapes"], recipe["train"].steps
-    if steps != base_steps and "shape_first_steps" not in config_shapes:
+    steps = recipe["train"].steps
+    if steps != base_steps and "shape_first_steps" not in config_shapes and recipe["shapes"].shape_first_steps:
         # other steps, no shape phase named: keep the recipe's split between the shape phase and the rest
-        share = shapes.shape_first_steps / base_steps
-        recipe["shapes"] = dataclasses.replace(shapes, shape_first_steps=round(steps * share))
+        recipe["shapes"] = dataclasses.replace(recipe["shapes"], shape_first_steps=round(steps * SHAPE_PHASE_SHARE))
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], image_size=recipe["vision"].image_size)
     return recipe
 

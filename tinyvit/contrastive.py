@@ -106,6 +106,9 @@ def clip_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.
     return clip_loss(model(images, tokens), *keep)
 
 
+SHAPE_PHASE_SHARE = 0.5  # the default recipe's share of steps that contrast only the copies of one scene
+
+
 def default_recipe() -> dict:
     """The settings of `python -m tinyvit train` on the built-in shapes data, in one place: {"vision": ViTConfig,
     "text": TextConfig, "train": TrainConfig, "shapes": ShapesConfig}. The chapter's width, depth, heads and MLP
@@ -125,5 +128,5 @@ def default_recipe() -> dict:
         "text": TextConfig(vocab_size=256, context_length=24),
         "train": TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, device="auto"),
         "shapes": ShapesConfig(image_size=64, background=(0.75, 0.95), hard_fraction=1.0, unnamed_fraction=0.3,
-                               shared_attribute_negatives=True, shape_first_steps=steps // 2),
+                               shared_attribute_negatives=True, shape_first_steps=round(steps * SHAPE_PHASE_SHARE)),
     }
