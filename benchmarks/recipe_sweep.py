@@ -1,14 +1,16 @@
 """One run of the issue-4 recipe sweep: CLIP on the shapes data with settings over the default recipe, scored every
 EVERY steps on held-out and seen colour-shape pairs. The 32 runs in benchmarks/README.md ("Sweeps") were made with
 it, 16 at a time on a borrowed GPU (fp32, batch 64, one CPU thread each for the data), from recipe_sweep.tsv; their
-logs, concatenated, are recipe_sweep_logs.jsonl (written by this script's first draft, whose header line says
-"over" where this one says "settings", and which did not round the scores):
+logs, concatenated, are recipe_sweep_logs.jsonl. This script's first draft wrote them; it differed in three
+details: its header line says "over" where this one says "settings", it did not round the scores, and its weight
+decay also shrank the CLS token and the token table (here: train.param_groups, as `fit` does):
 
     while IFS=$'\\t' read -r name json; do
         python benchmarks/recipe_sweep.py "$name" "$json" --steps 3000 --every 500 --out logs &
     done < benchmarks/recipe_sweep.tsv; wait
 
-JSON holds sections over default_recipe() ({"vision": {...}, "text": {...}, "train": {...}, "shapes": {...}})
+JSON holds sections over the recipe the sweep started from, the old default (clip_shapes.naive_recipe(): mid-grey
+backgrounds, plain batches, dropout 0.1, warm-up 50; {"vision": {...}, "text": {...}, "train": {...}, "shapes": {...}})
 and these sweep-only keys:
     "pos": "sincos"          learned positions that start from 2-D sine-cosine values instead of noise
     "curriculum": [f, lo, hi] shapes lo..hi of the side for the first fraction f of the steps
@@ -22,31 +24,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tinyvit.contrastive import CLIP, clip_loss, default_recipe, shared_attribute_mask
-from tinyvit.data import HardNegativeBatches, ShapesDataset
-from tinyvit.evaluate import evaluate_shapes
-from tinyvit.text import Tokenizer
+sys.path.insert(0, str(Path(__file__).parent))
+from clip_shapes import naive_recipe  # noqa: E402
+
+from tinyvit.contrastive import CLIP, clip_loss, shared_attribute_mask  # noqa: E402
+from tinyvit.data import HardNegativeBatches, ShapesDataset  # noqa: E402
+from tinyvit.evaluate import evaluate_shapes  # noqa: E402
+from tinyvit.model import sincos_positions  # noqa: E402
+from tinyvit.text import Tokenizer  # noqa: E402
+from tinyvit.train import lr_at, param_groups  # noqa: E402
 
 SWEEP_KEYS = ("pos", "curriculum", "negatives")
-
-
-def sincos_positions(grid: int, dim: int) -> torch.Tensor:
-    """2-D sine-cosine position values (grid*grid, dim): half the channels encode the row, half the column."""
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
-                                indexing="ij")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # (dim/4,)
-
-    def encode(pos: torch.Tensor) -> torch.Tensor:
-        angles = pos.reshape(-1, 1) * omega  # (grid*grid, dim/4)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1)
 
 
 def main() -> None:
@@ -63,7 +57,7 @@ def main() -> None:
     device = torch.device(args.device)
     settings = json.loads(args.json)
     extra = {key: settings.pop(key) for key in SWEEP_KEYS if key in settings}
-    recipe = default_recipe()
+    recipe = naive_recipe()
     for section, values in settings.items():
         recipe[section] = dataclasses.replace(recipe[section], **values)
     recipe["train"] = dataclasses.replace(recipe["train"], steps=args.steps)
@@ -78,10 +72,7 @@ def main() -> None:
         with torch.no_grad():
             model.visual.pos_embed[0, 1:] = sincos_positions(vision.grid_size, vision.dim)
     model.to(device).train()
-    decayed = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos_embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decayed, "weight_decay": train.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=train.lr)
+    opt = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr)
     curriculum = extra.get("curriculum")  # [fraction of the steps, min size, max size]
     early = HardNegativeBatches(dataclasses.replace(shapes, min_size=curriculum[1], max_size=curriculum[2]),
                                 train.batch_size, train.seed) if curriculum else None
@@ -96,12 +87,8 @@ def main() -> None:
     print(json.dumps({"name": args.name, "settings": args.json}), file=log, flush=True)
     start = time.perf_counter()
     for step in range(train.steps):
-        if step < train.warmup_steps:
-            lr = train.lr * (step + 1) / train.warmup_steps
-        else:
-            lr = train.lr * 0.5 * (1 + math.cos(math.pi * (step - train.warmup_steps) / (train.steps - train.warmup_steps)))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_at(step, train)
         batches = early if curriculum and step < curriculum[0] * train.steps else stream
         images, captions, _ = batches(step)
         tokens = tokenizer.encode_batch(captions, text.context_length)

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -250,3 +251,17 @@ def test_dropout_gradient_is_the_scaled_mask():
     torch.testing.assert_close(x.grad, (y != 0).float() * 2.0)
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\), got 1.0"):
         Dropout(1.0)
+
+
+def test_sincos_positions_encode_row_and_column():
+    from tinyvit import sincos_positions
+
+    table = sincos_positions(4, 8)  # 16 slots; per axis 2 frequencies (1 and 1/100), sine then cosine
+    assert table.shape == (16, 8)
+    slot = 1 * 4 + 2  # row 1, column 2
+    expected = torch.tensor([math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01),
+                             math.sin(2), math.sin(0.02), math.cos(2), math.cos(0.02)])
+    torch.testing.assert_close(table[slot], expected)
+    torch.testing.assert_close(table[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(4, 6)

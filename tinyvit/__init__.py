@@ -10,6 +10,7 @@ from .evaluate import (
 )
 from .model import (
     MLP, Attention, Block, VisionEncoder, VisionTransformer, forward_flops, param_report, resample_pos_embed,
+    sincos_positions,
 )
 from .patches import PatchEmbed, patchify, unpatchify
 from .rollout import attention_rollout, cls_rollout_map, object_patch_mask
@@ -21,7 +22,7 @@ __all__ = [
     "ViTConfig", "TextConfig", "TrainConfig", "seed_everything",
     "patchify", "unpatchify", "PatchEmbed",
     "Attention", "MLP", "Block", "VisionTransformer", "VisionEncoder", "param_report", "resample_pos_embed",
-    "forward_flops", "attention_rollout", "cls_rollout_map", "object_patch_mask",
+    "forward_flops", "sincos_positions", "attention_rollout", "cls_rollout_map", "object_patch_mask",
     "Tokenizer", "TextEncoder",
     "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe",
     "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",

@@ -123,6 +123,23 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int]) -> to
     return torch.cat([cls_pos, patch_pos], dim=1)  # (1, 1 + gh*gw, D)
 
 
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """The fixed 2-D sine-cosine position table (MAE's): half of the dim numbers encode the patch's row, half its
+    column, each as the sine and cosine of dim/4 frequencies 1 / 10000^(k / (dim/4)). -> (grid*grid, dim),
+    patches in row-major order. tinyvit learns its positions; this is the table to compare them with (notebook 2),
+    or to start them from."""
+    if dim % 4:
+        raise ValueError(f"the sine-cosine table needs dim divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # (grid, grid) each
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))  # (dim/4,)
+
+    def encode(coord: torch.Tensor) -> torch.Tensor:
+        angles = coord.flatten()[:, None] * freqs  # (grid*grid, dim/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (grid*grid, dim/2)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1)  # (grid*grid, dim)
+
+
 class VisionTransformer(nn.Module):
     """Patches -> [CLS] + patch tokens + positions -> blocks -> final LayerNorm. (B, C, H, W) -> (B, N, D)."""
 
