@@ -90,7 +90,8 @@ def heldout_pairs() -> frozenset[tuple[str, str]]:
     return HELDOUT
 
 
-def _article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """"a red circle", "an orange star": the indefinite article the phrase's first letter asks for."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -174,8 +175,8 @@ def _unnamed_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
             return tuple(int(v) for v in rgb)
 
 
-def _name(obj: dict[str, Any]) -> str:
-    """"red circle", or just "circle" for a shape in a colour without a name."""
+def object_name(obj: dict[str, Any]) -> str:
+    """"red circle", or just "circle" for a shape in a colour without a name (colour index -1)."""
     shape = SHAPES[obj["shape"]]
     return shape if obj["colour"] < 0 else f"{COLOURS[obj['colour']]} {shape}"
 
@@ -186,21 +187,21 @@ def _caption(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Ge
     colour, shape = COLOURS[main["colour"]] if main["colour"] >= 0 else None, SHAPES[main["shape"]]
     third = (main["size"] - cfg.min_size) / max(cfg.max_size - cfg.min_size, 1e-9)
     size = "small" if third < 1 / 3 else "large" if third > 2 / 3 else "medium"
+    name = object_name(main)
     if len(objects) == 2:
         o = objects[1]
-        other = _article(_name(o))
+        other = with_article(object_name(o))
         dx, dy = main["centre"][0] - o["centre"][0], main["centre"][1] - o["centre"][1]
         rel = ("above" if dy < 0 else "below") if abs(dy) >= abs(dx) else \
             ("to the left of" if dx < 0 else "to the right of")
-        templates = [f"{_name(main)} {rel} {other}", f"{size} {_name(main)} {rel} {other}",
-                     f"{_name(main)} and {other}"]
+        templates = [f"{name} {rel} {other}", f"{size} {name} {rel} {other}", f"{name} and {other}"]
     else:
         where = WHERE[POSITIONS[main["position"]]]
-        templates = [f"{_name(main)}", f"{size} {_name(main)}", f"{_name(main)} {where}",
-                     f"{size} {_name(main)} {where}",
+        templates = [f"{name}", f"{size} {name}", f"{name} {where}", f"{size} {name} {where}",
                      f"{shape} that is {colour}" if colour else f"{shape} {where}",
-                     f"picture of {_article(colour)} {shape}" if colour else f"picture of {_article(shape)}"]
-    return _article(templates[rng.integers(len(templates))])
+                     f"picture of {with_article(colour)} {shape}" if colour else
+                     f"picture of {with_article(shape)}"]
+    return with_article(templates[rng.integers(len(templates))])
 
 
 def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> np.ndarray:
@@ -447,8 +448,8 @@ def export_shapes(out_dir: str | Path, n: int, cfg: ShapesConfig = ShapesConfig(
         Image.fromarray(item["image"]).save(out / name)
         records.append({"image": name, "caption": item["caption"], "label": item["shape"], "shape_label": item["shape"],
                         "colour_label": item["colour"], "position_label": item["position"]})
-    for key, prompts in (("shape", [_article(s) for s in SHAPES]),
-                         ("colour", [_article(f"{c} shape") for c in COLOURS]),
+    for key, prompts in (("shape", [with_article(s) for s in SHAPES]),
+                         ("colour", [with_article(f"{c} shape") for c in COLOURS]),
                          ("position", [f"a shape {WHERE[p]}" for p in POSITIONS])):
         (out / f"classes_{key}.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
     manifest = out / "annotations.json"

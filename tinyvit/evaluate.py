@@ -164,19 +164,15 @@ def evaluate_clip(
     return metrics
 
 
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 def shapes_prompts(key: str) -> list[list[str]]:
     """Zero-shot prompts for the shapes data: for each shape, "a <colour> <shape>" over every colour (and for
     each colour, over every shape), so the ensemble's mean marginalises out the attribute not asked about."""
-    from .data import COLOURS, SHAPES
+    from .data import COLOURS, SHAPES, with_article
 
     if key == "shape":
-        return [[_with_article(f"{c} {s}") for c in COLOURS] for s in SHAPES]
+        return [[with_article(f"{c} {s}") for c in COLOURS] for s in SHAPES]
     if key == "colour":
-        return [[_with_article(f"{c} {s}") for s in SHAPES] for c in COLOURS]
+        return [[with_article(f"{c} {s}") for s in SHAPES] for c in COLOURS]
     raise ValueError(f"shapes_prompts key must be 'shape' or 'colour', got {key!r}")
 
 

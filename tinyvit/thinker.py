@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from .config import TextConfig, ThinkerConfig, TrainConfig, ViTConfig, read_json_object
 from .contrastive import CLIP
-from .data import COLOURS, POSITIONS, SHAPES, WHERE, Batches, ShapesConfig, ShapesDataset, read_rgb, to_tensor
+from .data import (COLOURS, POSITIONS, SHAPES, WHERE, Batches, ShapesConfig, ShapesDataset, object_name, read_rgb,
+                   to_tensor, with_article)
 from .model import Block, VisionEncoder, trunc_normal
 from .text import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from .train import THREADS_HELP, check_configs, fit, load_checkpoint, resolve_device, save_checkpoint, set_threads
@@ -154,15 +155,6 @@ def encode_scenes(encoder: VisionEncoder, dataset: ShapesDataset, variant: str, 
     return torch.cat(chunks)  # (n, K, E)
 
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _name(obj: dict[str, Any]) -> str:
-    """"red circle", or "circle" for a shape drawn in a colour without a name (colour index -1)."""
-    return SHAPES[obj["shape"]] if obj["colour"] < 0 else f"{COLOURS[obj['colour']]} {SHAPES[obj['shape']]}"
-
-
 def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
     """Question-answer records of one scene (a make_item / ShapesDataset.scenes() dict): per object a shape, a
     colour and a position question, then one "describe the image." (objects in reading order). An object in a
@@ -172,7 +164,7 @@ def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str,
     two = len(objects) == 2
     for k, obj in enumerate(objects):
         shape, colour = SHAPES[obj["shape"]], COLOURS[obj["colour"]] if obj["colour"] >= 0 else None
-        named = _name(obj) if rng.random() < 0.5 else shape  # both forms are unique in a scene
+        named = object_name(obj) if rng.random() < 0.5 else shape  # both forms are unique in a scene
         questions = [("shape", "what shape is this?", shape)] if not two else \
             [("shape", f"what shape is the {colour} one?", shape)] if colour else []
         questions += [("colour", f"what colour is the {shape}?", colour)] if colour else []
@@ -180,7 +172,8 @@ def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str,
         records += [{"type": kind, "question": question, "answer": answer, "object": k, "pair": (shape, colour),
                      "n_objects": len(objects)} for kind, question, answer in questions]
     in_reading_order = sorted(objects, key=lambda o: (o["position"], o["centre"][1], o["centre"][0]))
-    description = " and ".join(f"{_article(_name(o))} {WHERE[POSITIONS[o['position']]]}" for o in in_reading_order)
+    description = " and ".join(f"{with_article(object_name(o))} {WHERE[POSITIONS[o['position']]]}"
+                               for o in in_reading_order)
     records.append({"type": "describe", "question": "describe the image.", "answer": description, "object": -1,
                     "pair": None, "n_objects": len(objects)})
     return records
