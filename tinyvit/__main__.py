@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args: argparse.Namespace) -> dict:
     """The default recipe, then the --config file's sections merged over it, then the flags."""
     recipe = default_recipe()
+    base_steps = recipe["train"].steps
     config_shapes: dict = {}
     if args.config:
         data = read_json_object(args.config)
@@ -123,7 +124,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
                        "device": args.device}}
     for section, values in flags.items():
         recipe[section] = dataclasses.replace(recipe[section], **{k: v for k, v in values.items() if v is not None})
-    train, base_steps = recipe["train"], default_recipe()["train"].steps
+    train = recipe["train"]
     if args.steps is not None and train.warmup_steps > args.steps // 10:
         recipe["train"] = dataclasses.replace(train, warmup_steps=args.steps // 10)
     steps = recipe["train"].steps
