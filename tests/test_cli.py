@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,19 @@ def test_other_step_counts_keep_the_recipes_shape_phase_share(tmp_path):
     config.write_text(json.dumps({"train": {"steps": 40}, "shapes": {"shape_first_steps": 30}}))
     args = cli.build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--config", str(config)])
     assert cli.recipe_from_args(args)["shapes"].shape_first_steps == 30  # named in the config: kept
+
+
+def test_cli_learns_real_handwritten_digits_from_their_manifest(tmp_path):
+    """The shipped UCI digit scans (data/digits): 100 steps on the training manifest, then zero-shot on the 300 test
+    scans from their class prompts. Measured: 0.43 (chance is 0.10); the loss falls."""
+    digits = Path(__file__).resolve().parents[1] / "data" / "digits"
+    out = tmp_path / "digits"
+    trained = run("train", "--data", digits / "train.jsonl", "--out", out, "--image-size", 32, "--patch-size", 8,
+                  "--steps", 100, "--quiet", "--seed", 0)
+    assert trained.returncode == 0, trained.stderr
+    loss = json.loads((out / "history.json").read_text())["loss"]
+    assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.5
+    scored = run("eval", "--run", out, "--data", digits / "test.jsonl", "--classes", digits / "classes.txt")
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads(scored.stdout)
+    assert metrics["n"] == 300 and metrics["zero_shot_top1"] > 0.25

@@ -2,6 +2,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -461,3 +462,28 @@ def test_hard_negative_attributes_describe_the_drawn_items():
     batches(3)  # a drawn batch's labels are reused for its own step, and only for it
     assert torch.equal(batches.attributes(3), HardNegativeBatches(cfg, batch_size=16).attributes(3))
     assert torch.equal(batches.attributes(2), attributes)
+
+
+DIGITS = Path(__file__).resolve().parents[1] / "data" / "digits"
+
+
+def test_shipped_digits_manifests_are_complete_disjoint_and_balanced():
+    train, test = read_manifest(DIGITS / "train.jsonl"), read_manifest(DIGITS / "test.jsonl")
+    assert (len(train), len(test)) == (1497, 300)
+    assert not {i["image"] for i in train} & {i["image"] for i in test}
+    assert len({i["image"] for i in train + test}) == len(list((DIGITS / "images").glob("*.png"))) == 1797
+    assert np.bincount([i["label"] for i in test]).tolist() == [30] * 10
+    words = (DIGITS / "classes.txt").read_text().splitlines()
+    assert len(words) == 10 and words[7] == "a handwritten seven"
+    for item in train + test:  # every caption names its own digit, as a word or a numeral
+        word = words[item["label"]].split()[-1]
+        assert word in item["caption"].split() or str(item["label"]) in item["caption"], item
+
+
+def test_shipped_digit_scans_load_as_rgb_at_any_size():
+    ds = ManifestDataset(DIGITS / "test.jsonl", image_size=32)
+    image, caption = ds[0]
+    assert image.shape == (3, 32, 32) and caption == ds.items[0]["caption"]
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # grey scans: equal channels
+    with Image.open(ds.items[0]["image"]) as raw:
+        assert raw.size == (8, 8) and raw.mode == "L"
