@@ -265,3 +265,75 @@ def test_sincos_positions_encode_row_and_column():
     torch.testing.assert_close(table[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_positions(4, 6)
+
+
+def test_attention_for_the_first_queries_equals_the_full_rows():
+    torch.manual_seed(0)
+    attn = Attention(SMALL).eval()
+    x = torch.randn(3, 17, SMALL.dim)
+    full, _ = attn(x)
+    for q in (1, 5):
+        part, _ = attn(x, queries=q)
+        assert part.shape == (3, q, SMALL.dim)
+        torch.testing.assert_close(part, full[:, :q])
+
+
+def test_cls_forward_skips_the_last_blocks_other_tokens_but_gives_the_same_embedding_and_gradients():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, dropout=0.0)
+    model = VisionEncoder(cfg)
+    images = torch.randn(4, 3, 32, 32)
+    pooled = model(images)  # the last block updates the CLS token only
+    full = model.projector(model.forward_features(images)[:, 0])  # every token through every block
+    torch.testing.assert_close(pooled, full)
+    grads = []
+    for out in (pooled, full):
+        model.zero_grad()
+        out.square().sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    calls = []
+    hook = model.blocks[-1].mlp.register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    model(images)
+    hook.remove()
+    assert calls == [(4, 1, cfg.dim)]  # the last MLP ran on one token per image
+
+
+def test_cpu_inference_runs_large_batches_in_slices_with_the_same_results():
+    torch.manual_seed(0)
+    model = VisionEncoder(SMALL).eval()  # 17 tokens per image
+    images = torch.randn(10, 3, 32, 32)
+    model.slice_tokens = 40  # 2 images per slice
+    sizes = []
+    hook = model.patch_embed.register_forward_hook(lambda m, args, out: sizes.append(out.shape[0]))
+    with torch.no_grad():
+        sliced = model(images), model.forward_features(images), model.forward_features(images, return_attention=True)
+    assert sizes == [2] * 15
+    model.slice_tokens = None
+    with torch.no_grad():
+        whole = model(images), model.forward_features(images), model.forward_features(images, return_attention=True)
+    torch.testing.assert_close(sliced[0], whole[0])
+    torch.testing.assert_close(sliced[1], whole[1])
+    torch.testing.assert_close(sliced[2][0], whole[2][0])
+    for a, b in zip(sliced[2][1], whole[2][1]):
+        assert a.shape == (10, SMALL.heads, 17, 17)
+        torch.testing.assert_close(a, b)
+    model.slice_tokens, sizes[:] = 40, []
+    model(images)  # with autograd on: one batch, so gradients flow as usual
+    assert sizes == [10]
+
+
+def test_keep_mask_drops_p_of_the_entries_from_uniform_16_bit_lanes():
+    from tinyvit.model import keep_mask
+
+    torch.manual_seed(0)
+    mask = keep_mask((1000, 400), 0.1)
+    assert mask.shape == (1000, 400) and mask.dtype == torch.bool
+    dropped = (~mask).float()
+    assert abs(dropped.mean().item() - 0.1) < 0.003
+    for lane in range(4):  # each of the four 16-bit lanes cut from one 64-bit draw drops its share
+        assert abs(dropped.flatten()[lane::4].mean().item() - 0.1) < 0.005
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((1000, 400), 0.1), mask)  # the global seed decides it
+    assert keep_mask((7,), 0.0).all() and keep_mask((3, 5), 0.5).shape == (3, 5)
