@@ -2,13 +2,14 @@
 
 Both models have the same size, the same text encoder (tinyvit.text.TextEncoder), the same loss and the same
 AdamW; a step is forward, backward and optimiser update on one batch. The peer's layers are built as the source
-system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True, dropout=0.1),
-and that dropout also drops attention probabilities, which takes PyTorch off its fused attention kernel in
-training. tinyvit keeps dropout 0.1 on the residual branches but none on attention (timm's default too); the
-third row, tinyvit with attention dropout 0.1, shows how much of the gap that choice is; the fourth, without any
-dropout, shows what the random masks cost (on the CPU, drawing them is a fifth of a step).
+system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True).
+Two settings, each model in both:
+- the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block);
+- the chapter's dropout 0.1. The peer's TransformerEncoderLayer then also drops attention probabilities, which
+  takes PyTorch off its fused attention kernel; tinyvit drops only on the residual branches (timm's default too)
+  and draws its masks four to a 64-bit random number.
 The models are timed round by round, interleaved (this machine's speed drifts over tens of seconds), and the
-median per-round ratio is printed. Target: peer / tinyvit >= 1.5.
+median per-round ratio is printed. Target: peer / tinyvit >= 1.5 at the recipe's setting.
 
     python benchmarks/clip_speed.py [--rounds 5] [--steps 3] [--batch 64] [--image-size 64] [--patch-size 8]
 """
@@ -76,9 +77,9 @@ def main() -> None:
     text = recipe["text"]
     images = torch.randn(args.batch, 3, args.image_size, args.image_size)
     tokens = torch.randint(4, text.vocab_size, (args.batch, text.context_length))
+    chapter = dataclasses.replace(vision, dropout=0.1)
     models = {"tinyvit": CLIP(vision, text), "peer (TransformerEncoderLayer)": PeerCLIP(vision, text),
-              "tinyvit, attention dropout 0.1": CLIP(dataclasses.replace(vision, attn_dropout=0.1), text),
-              "tinyvit, no dropout at all": CLIP(dataclasses.replace(vision, dropout=0.0), text)}
+              "tinyvit, dropout 0.1": CLIP(chapter, text), "peer, dropout 0.1": PeerCLIP(chapter, text)}
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert len(set(sizes.values())) == 1, f"the models differ in size: {sizes}"
     steps = {name: trainer(model, (images, tokens)) for name, model in models.items()}
@@ -95,12 +96,16 @@ def main() -> None:
     print(f"CLIP training step, batch {args.batch}, {args.image_size}x{args.image_size} images, patch "
           f"{args.patch_size}, {vision.num_tokens} tokens, {sizes['tinyvit'] / 1e6:.2f} M parameters, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
-    peer = "peer (TransformerEncoderLayer)"
     for name, t in times.items():
-        ratio = statistics.median(p / o for p, o in zip(times[peer], t))
-        print(f"  {name:32s} median {statistics.median(t) * 1000:7.1f} ms/step   peer / this: {ratio:.2f}x")
-    ratio = statistics.median(p / o for p, o in zip(times[peer], times["tinyvit"]))
-    print(f"speed-up of tinyvit over the peer (median per-round ratio): {ratio:.2f}x (target >= 1.5)")
+        print(f"  {name:32s} median {statistics.median(t) * 1000:7.1f} ms/step")
+
+    def speedup(ours: str, theirs: str) -> float:
+        return statistics.median(p / o for p, o in zip(times[theirs], times[ours]))
+
+    print(f"speed-up of tinyvit over the peer (median per-round ratio), recipe's dropout {vision.dropout}: "
+          f"{speedup('tinyvit', 'peer (TransformerEncoderLayer)'):.2f}x (target >= 1.5)")
+    print(f"                                             with the chapter's dropout 0.1: "
+          f"{speedup('tinyvit, dropout 0.1', 'peer, dropout 0.1'):.2f}x")
 
 
 if __name__ == "__main__":
