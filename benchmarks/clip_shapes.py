@@ -11,7 +11,9 @@ seen pairs, and zero-shot shape / colour on the variant generator's held-out pai
     python benchmarks/clip_shapes.py --score data/shapes_clip    # score a finished run, no training
 
 The variant generator draws on mid-grey, gradient and checkerboard backgrounds (70-190 of 255); `--score` scores it
-both as drawn and redrawn on light backgrounds, to tell the background apart from its other changes.
+both as drawn and redrawn on light backgrounds, to tell the background apart from its other changes. It also
+splits the held-out recall@1: how often the top caption is at least true of the image (right content, another
+wording), per number of objects, beside a reference reader who knows every scene (`evaluate.oracle_recall_at_1`).
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from shapes_variant import variant_items  # noqa: E402
 
 from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
 from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
-from tinyvit.data import HardNegativeBatches, ShapesConfig, ShapesDataset, heldout_pairs, to_tensor  # noqa: E402
-from tinyvit.evaluate import class_embeddings, embed_images, evaluate_shapes, shapes_prompts  # noqa: E402
+from tinyvit.data import (HardNegativeBatches, ShapesConfig, ShapesDataset, caption_options,  # noqa: E402
+                          heldout_pairs, to_tensor)
+from tinyvit.evaluate import (class_embeddings, embed_images, embed_texts, evaluate_shapes,  # noqa: E402
+                              oracle_hits, shapes_prompts)
 from tinyvit.text import Tokenizer  # noqa: E402
 from tinyvit.train import fit  # noqa: E402
 
@@ -72,6 +76,22 @@ def variant_scores(model: CLIP, tokenizer: Tokenizer, items: list[dict]) -> dict
     return out
 
 
+def recall_breakdown(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) -> dict[str, float]:
+    """Image->text top-1 over the data set's captions, split by objects per scene: the exact caption (recall@1),
+    a caption true of the image (perhaps in another wording), and the reference reader's recall@1."""
+    captions, scenes = dataset.captions, dataset.scenes()
+    truths = [set(caption_options(scene["objects"], dataset.cfg)) for scene in scenes]
+    reader = oracle_hits(captions, truths)
+    top = (embed_images(model, dataset) @ embed_texts(model, tokenizer, captions).T).argmax(dim=1).tolist()
+    out = {"reference reader: i2t R@1": sum(reader) / len(reader)}
+    for n in (1, 2):
+        rows = [i for i, scene in enumerate(scenes) if len(scene["objects"]) == n]
+        out[f"{n}-object: top caption exact"] = sum(captions[top[i]] == captions[i] for i in rows) / len(rows)
+        out[f"{n}-object: top caption true"] = sum(captions[top[i]] in truths[i] for i in rows) / len(rows)
+        out[f"{n}-object: reference reader R@1"] = sum(reader[i] for i in rows) / len(rows)
+    return out
+
+
 def score_run(run_dir: str) -> None:
     """One row for a finished run: held-out and seen pairs as it was trained, and the variant generator's held-out
     pairs on its own backgrounds and on light ones."""
@@ -84,6 +104,7 @@ def score_run(run_dir: str) -> None:
     row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
            "held-out i2t R@1": held["i2t_recall@1"], "seen shape": seen["shape_zero_shot"],
            "seen colour": seen["colour_zero_shot"]}
+    row.update(recall_breakdown(model, tokenizer, ShapesDataset(500, shapes, "heldout", seed=seed)))
     for name, light in (("variant", False), ("variant, light backgrounds", True)):
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})

