@@ -39,7 +39,8 @@ class PeerEncoder(nn.Module):
 
     def forward(self, images):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, D)
-        x = self.pos_drop(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N, D)
         return self.projector(self.norm(self.blocks(x))[:, 0])  # (B, E)
 
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from tinyvit.data import (COLOURS, IMAGE_MEAN, POSITIONS, RGB, SHAPES, WHERE, Batches, HardNegativeBatches,
-                          ManifestDataset, ShapesConfig, ShapesDataset, denormalize, export_shapes, heldout_pairs, load_image, make_item,
-                          read_manifest, to_tensor)
+                          ManifestDataset, ShapesConfig, ShapesDataset, denormalize, export_shapes, heldout_pairs,
+                          load_image, make_item, read_manifest, to_tensor)
 
 
 def first_word_of(caption: str, words) -> str:

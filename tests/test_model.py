@@ -208,7 +208,8 @@ def test_resampling_keeps_cls_and_smooth_fields():
 
 def test_other_image_sizes_need_interpolate_pos():
     model = VisionEncoder(SMALL).eval()
-    with pytest.raises(ValueError, match=r"gives a 6x6 patch grid, but the position embeddings cover 4x4.*interpolate_pos=True"):
+    message = r"gives a 6x6 patch grid, but the position embeddings cover 4x4.*interpolate_pos=True"
+    with pytest.raises(ValueError, match=message):
         model(torch.randn(1, 3, 48, 48))
     assert model(torch.randn(1, 3, 48, 48), interpolate_pos=True).shape == (1, SMALL.out_dim)
     assert model.forward_features(torch.randn(1, 3, 48, 24), interpolate_pos=True).shape == (1, 1 + 18, SMALL.dim)

@@ -330,7 +330,8 @@ def test_ask_refuses_a_thinker_whose_encoder_changed(runs, tmp_path, capsys):
     capsys.readouterr()
     ckpt = load_checkpoint(tmp_path / "clip" / "checkpoint.pt")
     ckpt["model"]["visual.projector.weight"] += 0.01
-    save_checkpoint(tmp_path / "clip" / "checkpoint.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    kept = {k: v for k, v in ckpt.items() if k not in ("format", "version")}
+    save_checkpoint(tmp_path / "clip" / "checkpoint.pt", **kept)
     one_line_error(capsys, args, "not the one this Thinker was trained on")
     shutil.rmtree(tmp_path / "clip")
     one_line_error(capsys, args, "the CLIP run this Thinker reads is missing")

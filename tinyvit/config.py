@@ -161,7 +161,8 @@ class TextConfig(DictConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TextConfig.{name} must be a positive integer, got {value!r}")
         if self.context_length < 3:
-            raise ValueError(f"context_length must leave room for BOS, one token and EOS (>= 3), got {self.context_length}")
+            raise ValueError(f"context_length must leave room for BOS, one token and EOS (>= 3), "
+                             f"got {self.context_length}")
         if self.dim % self.heads:
             raise ValueError(f"TextConfig dim {self.dim} is not divisible by heads {self.heads}")
 

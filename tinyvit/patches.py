@@ -44,7 +44,8 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, P, C*p*p)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, image_size: int | tuple[int, int], channels: int = 3) -> torch.Tensor:
+def unpatchify(patches: torch.Tensor, patch_size: int, image_size: int | tuple[int, int],
+              channels: int = 3) -> torch.Tensor:
     """Put flat patches back together; the inverse of `patchify`. (B, P, C*p*p) -> (B, C, H, W)."""
     H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
     p = patch_size

@@ -182,7 +182,8 @@ def scene_questions(scene: dict[str, Any], rng: random.Random) -> list[dict[str,
 def make_qa(dataset: ShapesDataset, seed: int = 0) -> list[dict[str, Any]]:
     """Every question of every scene of `dataset`, each record with "image": its index in the data set."""
     rng = random.Random(seed)
-    return [{**record, "image": i} for i, scene in enumerate(dataset.scenes()) for record in scene_questions(scene, rng)]
+    return [{**record, "image": i} for i, scene in enumerate(dataset.scenes())
+            for record in scene_questions(scene, rng)]
 
 
 def train_tokenizer(dataset: ShapesDataset, vocab_size: int = 160, seed: int = 0) -> Tokenizer:
@@ -249,7 +250,8 @@ class QABatches:
         segments = torch.full((len(picks), width), -1, dtype=torch.long)  # (B, T')
         for b, p in enumerate(picks):
             row_ids, row_mask, row_segments = self.rows[p]
-            ids[b, : len(row_ids)], mask[b, : len(row_ids)], segments[b, : len(row_ids)] = row_ids, row_mask, row_segments
+            n = len(row_ids)
+            ids[b, :n], mask[b, :n], segments[b, :n] = row_ids, row_mask, row_segments
         return self.tokens[[self.images[p] for p in picks]].float(), ids, mask, segments
 
 
@@ -464,7 +466,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `think` and `ask` on the CLI's subparsers."""
     think = sub.add_parser("think", help="train a Thinker that answers questions about shapes images from a CLIP "
                            "run's frozen image tokens; write THINKER_DIR", description="Trains on the 'train' split, "
-                           "scores on colour-shape pairs never trained on ('heldout'); writes thinker.pt, metrics.json.")
+                           "scores on colour-shape pairs never trained on ('heldout'); writes thinker.pt, "
+                           "metrics.json.")
     think.add_argument("--run", required=True, metavar="CLIP_RUN_DIR", help="a `python -m tinyvit train` run")
     think.add_argument("--out", required=True, metavar="THINKER_DIR")
     think.add_argument("--variant", choices=("cls", "all"), default="cls",

@@ -74,7 +74,8 @@ def show_pos_similarity(similarity: torch.Tensor, grid: int, title: str = "posit
     """
     P = grid * grid
     if tuple(similarity.shape) != (P, P):
-        raise ValueError(f"expected a ({P}, {P}) similarity matrix for a {grid}x{grid} grid, got {tuple(similarity.shape)}")
+        raise ValueError(f"expected a ({P}, {P}) similarity matrix for a {grid}x{grid} grid, "
+                         f"got {tuple(similarity.shape)}")
     tiles = similarity.detach().float().cpu().reshape(grid, grid, grid, grid)  # (row, col, grid, grid)
     step = grid + 1  # one blank pixel between tiles
     canvas = np.full((grid * step - 1, grid * step - 1), np.nan)

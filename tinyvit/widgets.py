@@ -103,7 +103,8 @@ class AttentionExplorer(widgets.VBox):
     def __init__(self, image: torch.Tensor, attentions: Sequence[torch.Tensor], patch_size: int):
         maps = [(a[0] if a.ndim == 4 else a).detach() for a in attentions]  # each (h, N, N)
         if not maps or any(m.ndim != 3 or m.shape != maps[0].shape for m in maps):
-            raise ValueError(f"expected a list of (h, N, N) attention weights, got shapes {[tuple(a.shape) for a in attentions]}")
+            shapes = [tuple(a.shape) for a in attentions]
+            raise ValueError(f"expected a list of (h, N, N) attention weights, got shapes {shapes}")
         grid = image.shape[-1] // patch_size
         if maps[0].shape[-1] != grid * grid + 1:
             raise ValueError(f"attention over {maps[0].shape[-1]} tokens does not fit a {grid}x{grid} grid + CLS")
@@ -122,7 +123,8 @@ class AttentionExplorer(widgets.VBox):
 
     def select(self, layer: int, head: int, query: int) -> None:
         """Set all three controls at once; the picture follows."""
-        for name, value, control in (("layer", layer, self.layer), ("head", head, self.head), ("query", query, self.query)):
+        controls = (("layer", layer, self.layer), ("head", head, self.head), ("query", query, self.query))
+        for name, value, control in controls:
             if not control.min <= value <= control.max:
                 raise ValueError(f"{name} must be in {control.min}..{control.max}, got {value}")
         self._paused = True
