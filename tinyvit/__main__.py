@@ -160,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"pass --batch-size {len(dataset)} or less")
         tokenizer = Tokenizer.train(dataset.captions, recipe["text"].vocab_size)
         loader = Batches(dataset, train.batch_size, seed=train.seed)
-    
+
         def score(model: CLIP, n: int) -> dict:  # the first n training items: a manifest has no held-out part
             subset = torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
             return evaluate_clip(model, tokenizer, subset, dataset.captions[:n])
