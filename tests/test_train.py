@@ -9,7 +9,8 @@ import torch
 from tinyvit.config import TextConfig, TrainConfig, ViTConfig
 from tinyvit.contrastive import CLIP, clip_batch_loss
 from tinyvit.train import (
-    check_configs, fit, load_checkpoint, load_model, lr_at, param_groups, resolve_device, save_checkpoint,
+    autocast_dtype, check_configs, fit, load_checkpoint, load_model, lr_at, param_groups, resolve_device,
+    save_checkpoint,
 )
 
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, out_dim=16, dropout=0.1)
@@ -203,3 +204,27 @@ def test_set_threads_keeps_torchs_choice_or_refuses_below_one():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
         set_threads(0)
+
+
+def test_precision_picks_the_autocast_dtype():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "fp32") is None  # the CPU's reference path
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert autocast_dtype(torch.device("cuda"), "fp32") is None
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16, got 'fp16'"):
+        autocast_dtype(cpu, "fp16")
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16, got 'half'"):
+        TrainConfig(precision="half")
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_keeps_fp32_weights():
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    seen = []
+    hook = model.visual.blocks[0].mlp.fc1.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    history = fit(model, clip_batch_loss, lambda step: (images, toks),
+                  dataclasses.replace(CFG, steps=30, precision="bf16"), progress=False)
+    hook.remove()
+    assert seen[0] == torch.bfloat16  # the matrix products ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights did not
+    assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
                        help="auto (the recipe's default) picks CUDA, then MPS, else the CPU")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                       help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast, also on CPUs "
+                            "with AVX-512 BF16 or AMX (faster there, slow on CPUs without them)")
     train.add_argument("--text-encoder", choices=("mean", "transformer"), help="mean-pooled tokens or a transformer")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
     train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
@@ -121,7 +124,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     flags = {"vision": {"image_size": args.image_size, "patch_size": args.patch_size},
              "text": {"kind": args.text_encoder, "vocab_size": args.vocab_size},
              "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                       "device": args.device}}
+                       "device": args.device, "precision": args.precision}}
     for section, values in flags.items():
         recipe[section] = dataclasses.replace(recipe[section], **{k: v for k, v in values.items() if v is not None})
     train = recipe["train"]

@@ -183,6 +183,9 @@ class TrainConfig(DictConfig):
     checkpoint_every: int = 0  # 0: checkpoint only at the end
     seed: int = 0
     device: str = "cpu"  # "auto" picks a GPU when one is present
+    # "auto": mixed precision on CUDA, fp32 elsewhere; "fp32": never mixed; "bf16": bfloat16 autocast on any device,
+    # worth it on CPUs with AVX-512 BF16 or AMX (1.35x faster per step here at 64x64), slow on CPUs without them
+    precision: str = "auto"
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -197,6 +200,8 @@ class TrainConfig(DictConfig):
             raise ValueError("batch_size must be at least 2: contrastive learning needs negatives in the batch")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); None (plain fp32) elsewhere: the CPU is the
-    reference path."""
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a TrainConfig.precision on `device`, None for plain fp32. "auto": mixed precision on
+    CUDA (bf16 where supported, else fp16) and fp32 elsewhere, the CPU being the reference path; "fp32": None;
+    "bf16": bfloat16 on any device (the weights, the optimiser and the loss's softmax stay fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -126,7 +133,7 @@ def fit(
     until = cfg.steps if until is None else min(until, cfg.steps)
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    amp_dtype = autocast_dtype(device)
+    amp_dtype = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: dict[str, list] = {"step": [], "loss": [], "lr": [], "time": [], "eval": []}
     if hasattr(core, "logit_scale"):
