@@ -13,7 +13,8 @@ seen pairs, and zero-shot shape / colour on the variant generator's held-out pai
 The variant generator draws on mid-grey, gradient and checkerboard backgrounds (70-190 of 255); `--score` scores it
 both as drawn and redrawn on light backgrounds, to tell the background apart from its other changes. It also
 splits the held-out recall@1: how often the top caption is at least true of the image (right content, another
-wording), per number of objects, beside a reference reader who knows every scene (`evaluate.oracle_recall_at_1`).
+wording), per number of objects, beside a reference reader who knows every scene (`evaluate.oracle_recall_at_1`),
+and checks place alone: on one-object scenes, the image's pick among nine captions that differ only in the place.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from shapes_variant import variant_items  # noqa: E402
 
 from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
 from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
-from tinyvit.data import (HardNegativeBatches, ShapesConfig, ShapesDataset, caption_options,  # noqa: E402
-                          heldout_pairs, to_tensor)
+from tinyvit.data import (POSITIONS, HardNegativeBatches, ShapesConfig, ShapesDataset,  # noqa: E402
+                          caption_options, heldout_pairs, to_tensor)
 from tinyvit.evaluate import (class_embeddings, embed_images, embed_texts, evaluate_shapes,  # noqa: E402
                               oracle_hits, shapes_prompts)
 from tinyvit.text import Tokenizer  # noqa: E402
@@ -92,6 +93,20 @@ def recall_breakdown(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) 
     return out
 
 
+def place_accuracy(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) -> float:
+    """On one-object scenes: does the image pick its own place among nine captions that differ only in the place
+    ("a small red square in the top left", "... in the top centre", ...)? Chance is 1/9."""
+    scenes = dataset.scenes()
+    rows = [i for i, scene in enumerate(scenes) if len(scene["objects"]) == 1]
+    images = embed_images(model, dataset)[rows]  # (n, E)
+    hits = 0
+    for image, i in zip(images, rows):
+        obj = scenes[i]["objects"][0]
+        texts = [caption_options([{**obj, "position": place}], dataset.cfg)[3] for place in range(len(POSITIONS))]
+        hits += int((embed_texts(model, tokenizer, texts) @ image).argmax()) == obj["position"]
+    return hits / len(rows)
+
+
 def score_run(run_dir: str) -> None:
     """One row for a finished run: held-out and seen pairs as it was trained, and the variant generator's held-out
     pairs on its own backgrounds and on light ones."""
@@ -104,7 +119,9 @@ def score_run(run_dir: str) -> None:
     row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
            "held-out i2t R@1": held["i2t_recall@1"], "seen shape": seen["shape_zero_shot"],
            "seen colour": seen["colour_zero_shot"]}
-    row.update(recall_breakdown(model, tokenizer, ShapesDataset(500, shapes, "heldout", seed=seed)))
+    held_set = ShapesDataset(500, shapes, "heldout", seed=seed)
+    row.update(recall_breakdown(model, tokenizer, held_set))
+    row["1-object: place of 9 (chance 0.11)"] = place_accuracy(model, tokenizer, held_set)
     for name, light in (("variant", False), ("variant, light backgrounds", True)):
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from tinyvit.data import (COLOURS, IMAGE_MEAN, POSITIONS, RGB, SHAPES, WHERE, Batches, HardNegativeBatches,
-                          ManifestDataset, ShapesConfig, ShapesDataset, denormalize, export_shapes, heldout_pairs,
-                          load_image, make_item, read_manifest, to_tensor)
+                          ManifestDataset, ShapesConfig, ShapesDataset, caption_options, denormalize, export_shapes,
+                          heldout_pairs, load_image, make_item, read_manifest, to_tensor)
 
 
 def first_word_of(caption: str, words) -> str:
@@ -402,7 +402,8 @@ def test_hard_negative_groups_differ_only_in_shape():
     assert images.shape == (16, 3, 32, 32) and len(captions) == 16 and indices.shape == (16,)
     plan = batches.plan(5)
     groups = {}
-    for (index, shape), caption in zip(plan, captions):
+    assert all(place is None for _, _, place in plan)  # no place groups unless asked for
+    for (index, shape, _), caption in zip(plan, captions):
         if shape is not None:
             groups.setdefault(index, []).append((shape, caption))
     assert len(groups) == 2
@@ -414,7 +415,7 @@ def test_hard_negative_groups_differ_only_in_shape():
         words = [set(caption.split()) for _, caption in members]
         common = set.intersection(*words)
         assert all(len(w - common) == 1 and (w - common) <= set(SHAPES) | {"a", "an"} for w in words)
-    assert sum(shape is None for _, shape in plan) == 8
+    assert sum(shape is None for _, shape, _ in plan) == 8
     torch.testing.assert_close(batches(5)[0], images)  # a pure function of the step
 
 
@@ -449,15 +450,15 @@ def test_hard_negative_groups_of_unnamed_colours_may_use_every_shape():
     cfg = ShapesConfig(image_size=32, unnamed_fraction=1.0)
     batches = HardNegativeBatches(cfg, batch_size=40, group_size=4, hard_fraction=1.0)
     plan = batches.plan(0)
-    assert {shape for _, shape in plan} == set(range(len(SHAPES)))
+    assert {shape for _, shape, _ in plan} == set(range(len(SHAPES)))
     assert all(make_item(plan[0][0], cfg, shape=k)["shape"] == k for k in range(len(SHAPES)))
 
 
 def test_hard_negative_attributes_describe_the_drawn_items():
-    cfg = ShapesConfig(image_size=32, unnamed_fraction=0.3, hard_fraction=0.5)
+    cfg = ShapesConfig(image_size=32, unnamed_fraction=0.3, hard_fraction=0.5, place_fraction=0.5)
     batches = HardNegativeBatches(cfg, batch_size=16)
     attributes = batches.attributes(2)
-    items = [make_item(index, cfg, shape=shape) for index, shape in batches.plan(2)]
+    items = [make_item(index, cfg, shape=shape, place=place) for index, shape, place in batches.plan(2)]
     assert attributes.tolist() == [[item["shape"], item["colour"]] for item in items]
     batches(3)  # a drawn batch's labels are reused for its own step, and only for it
     assert torch.equal(batches.attributes(3), HardNegativeBatches(cfg, batch_size=16).attributes(3))
@@ -487,3 +488,29 @@ def test_shipped_digit_scans_load_as_rgb_at_any_size():
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # grey scans: equal channels
     with Image.open(ds.items[0]["image"]) as raw:
         assert raw.size == (8, 8) and raw.mode == "L"
+
+
+def test_place_groups_differ_only_in_where_and_how_big():
+    cfg = ShapesConfig(image_size=32, hard_fraction=1.0, place_fraction=0.5)
+    batches = HardNegativeBatches(cfg, batch_size=16, group_size=4)
+    images, captions, indices = batches(3)
+    plan = batches.plan(3)
+    assert [place is not None for _, _, place in plan] == [False] * 8 + [True] * 8  # the last two of four groups
+    for g in (2, 3):
+        members = [make_item(index, cfg, shape=shape, place=place) for index, shape, place in plan[4 * g: 4 * g + 4]]
+        base = make_item(plan[4 * g][0], cfg)
+        assert len({m["position"] for m in members}) == 4 and {m["position"] for m in members} == \
+            {place for _, _, place in plan[4 * g: 4 * g + 4]}
+        for m in members:
+            assert (m["shape"], m["colour"], len(m["objects"])) == (base["shape"], base["colour"], 1)
+            assert m["objects"][0]["angle"] == base["objects"][0]["angle"]
+            assert cfg.min_size <= m["objects"][0]["size"] <= cfg.max_size
+            assert m["caption"] == caption_options(m["objects"], cfg)[3]  # size, colour, shape and place
+            x, y = m["objects"][0]["centre"]
+            assert min(int(y * 3), 2) * 3 + min(int(x * 3), 2) == m["position"]
+        assert len({m["caption"] for m in members}) == 4
+    assert torch.equal(indices[8:12], torch.full((4,), plan[8][0]))  # a group shares its scene index
+    with pytest.raises(ValueError, match="place_fraction must be in"):
+        ShapesConfig(place_fraction=1.5)
+    with pytest.raises(ValueError, match="place must be a position index 0-8, got 9"):
+        make_item(0, cfg, place=9)

@@ -55,6 +55,9 @@ class ShapesConfig:
     # `group_size` copies of one scene differing only in the main shape.
     hard_fraction: float = 0.0
     group_size: int = 4
+    # The share of those groups that vary the main object's place and size instead (one object, shape and colour
+    # kept, captioned "a <size> <colour> <shape> in the <place>"): what tells their captions apart is where.
+    place_fraction: float = 0.0
     # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
     shared_attribute_negatives: bool = False
     # For the first N training steps contrast only the copies of one scene (a hard-negative group, so hard_fraction
@@ -80,7 +83,7 @@ class ShapesConfig:
                              f"(or set shape_first_steps to 0)")
         object.__setattr__(self, "background", (float(background[0]), float(background[1])))  # a JSON list too
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
-                          ("unnamed_fraction", 1.0), ("hard_fraction", 1.0)):
+                          ("unnamed_fraction", 1.0), ("hard_fraction", 1.0), ("place_fraction", 1.0)):
             if not 0 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} must be in [0, {top}], got {getattr(self, name)!r}")
 
@@ -113,11 +116,12 @@ def _unit_polygon(shape: str) -> np.ndarray:
                      [-1, -w], [-w, -w]])
 
 
-def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
-           main_shape: int | None = None) -> tuple[dict[str, Any], np.random.Generator]:
+def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int | None = None,
+           main_place: int | None = None) -> tuple[dict[str, Any], np.random.Generator]:
     """Objects and caption of one item, and the generator left for drawing it (labels need no drawing).
     `main_shape` swaps the main object's shape and nothing else: same place, size, colour, caption template and
-    background."""
+    background. `main_place` (a position 0-8) keeps the main object alone, moves it into that ninth of the image
+    at a size of its own, and captions it with its size and place: same shape, colour, rotation and background."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0 or seed < 0:
@@ -162,9 +166,24 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int,
             kind = "a held-out" if pair in HELDOUT else "a seen"
             raise ValueError(f"a {pair[1]} {pair[0]} is {kind} colour-shape pair: not allowed in the {split!r} split")
         objects[0]["shape"] = main_shape
+    if main_place is not None:
+        objects = [_placed(objects[0], main_place, cfg, np.random.default_rng([seed, SPLITS.index(split), index,
+                                                                                 1 + main_place]))]
     main = objects[0]
-    return {"caption": _caption(objects, cfg, rng), "shape": main["shape"], "colour": main["colour"],
+    caption = _caption(objects, cfg, rng) if main_place is None else caption_options(objects, cfg)[3]
+    return {"caption": caption, "shape": main["shape"], "colour": main["colour"],
             "position": main["position"], "objects": objects}, rng
+
+
+def _placed(obj: dict[str, Any], place: int, cfg: ShapesConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """The object moved into ninth `place` (0-8, row by row) of the image at a new random size."""
+    if not 0 <= place < len(POSITIONS):
+        raise ValueError(f"place must be a position index 0-{len(POSITIONS) - 1}, got {place!r}")
+    size = float(rng.uniform(cfg.min_size, cfg.max_size))
+    r = size / 2
+    x = rng.uniform(max(place % 3 / 3, r), min((place % 3 + 1) / 3, 1 - r))
+    y = rng.uniform(max(place // 3 / 3, r), min((place // 3 + 1) / 3, 1 - r))
+    return {**obj, "position": place, "size": size, "centre": (float(x), float(y))}
 
 
 def _unnamed_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -244,12 +263,13 @@ def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Gen
 
 
 def make_item(index: int, cfg: ShapesConfig = ShapesConfig(), split: str = "train", seed: int = 0,
-              shape: int | None = None) -> dict[str, Any]:
+              shape: int | None = None, place: int | None = None) -> dict[str, Any]:
     """One shapes item, a pure function of (seed, split, index): {"image": uint8 (S, S, 3), "caption", "shape",
     "colour", "position" (indices into SHAPES/COLOURS/POSITIONS of the main object), "objects": per-object dicts
     with shape, colour, position, size (fraction of the side), centre (x, y fractions), angle (degrees)}.
-    `shape` (an index into SHAPES) redraws the same scene with another main shape: a hard negative."""
-    scene, rng = _scene(index, cfg, split, seed, shape)
+    `shape` (an index into SHAPES) redraws the same scene with another main shape: a hard negative; `place` (an
+    index into POSITIONS) redraws its main object alone in another place and size."""
+    scene, rng = _scene(index, cfg, split, seed, shape, place)
     return {"image": _render(scene["objects"], cfg, rng), **scene}
 
 
@@ -503,10 +523,11 @@ class Batches:
 class HardNegativeBatches:
     """Batches of fresh shapes items in which colour and position cannot tell captions apart: a `hard_fraction`
     of each batch comes in groups of `group_size` copies of one scene that differ only in the main object's shape
-    (and so only in the caption's shape word). The rest are ordinary items. Both default to the ShapesConfig's;
-    with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene s * B + j. A pure
-    function of (seed, step), like Batches. batches(step) -> (images (B, 3, S, S), captions list[str], indices
-    LongTensor (B,) of the scenes)."""
+    (and so only in the caption's shape word); a `place_fraction` of those groups vary its place and size instead
+    (and so the caption's size and place words). The rest are ordinary items. All three default to the
+    ShapesConfig's; with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene
+    s * B + j. A pure function of (seed, step), like Batches. batches(step) -> (images (B, 3, S, S), captions
+    list[str], indices LongTensor (B,) of the scenes)."""
 
     def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int | None = None,
                  hard_fraction: float | None = None, split: str = "train"):
@@ -522,19 +543,24 @@ class HardNegativeBatches:
             raise ValueError("hard negatives swap shapes, which the heldout split (one pair per shape) cannot do")
         self.cfg, self.batch_size, self.seed, self.split = cfg, batch_size, seed, split
         self.group_size, self.groups = group_size, int(batch_size * hard_fraction) // group_size
+        self.place_groups = round(self.groups * cfg.place_fraction)  # the last ones
         self._drawn: tuple[int, torch.Tensor] | None = None  # (step, attributes) of the batch drawn last
 
-    def plan(self, step: int) -> list[tuple[int, int | None]]:
-        """(scene index, main shape or None for the scene's own) for each of the B items of this step."""
+    def plan(self, step: int) -> list[tuple[int, int | None, int | None]]:
+        """(scene index, main shape or None, main place or None) for each of the B items of this step: None, None
+        for a scene as it is."""
         rng = np.random.default_rng([self.seed, step, 1])
         first = step * self.batch_size
-        plan: list[tuple[int, int | None]] = []
+        plan: list[tuple[int, int | None, int | None]] = []
         for g in range(self.groups):
             index = first + g
+            if g >= self.groups - self.place_groups:
+                plan += [(index, None, int(k)) for k in rng.choice(len(POSITIONS), self.group_size, replace=False)]
+                continue
             colour = _scene(index, self.cfg, self.split, self.seed)[0]["colour"]  # -1: a colour without a name
             shapes = [k for k, s in enumerate(SHAPES) if colour < 0 or (s, COLOURS[colour]) not in HELDOUT]
-            plan += [(index, int(k)) for k in rng.choice(shapes, self.group_size, replace=False)]
-        plan += [(first + j, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
+            plan += [(index, int(k), None) for k in rng.choice(shapes, self.group_size, replace=False)]
+        plan += [(first + j, None, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
         return plan
 
     def attributes(self, step: int) -> torch.Tensor:
@@ -542,15 +568,16 @@ class HardNegativeBatches:
         Right after batches(step) (as in a training step) the drawn items' labels are reused: no second plan."""
         if self._drawn is not None and self._drawn[0] == step:
             return self._drawn[1]
-        scenes = [_scene(index, self.cfg, self.split, self.seed, shape)[0] for index, shape in self.plan(step)]
+        scenes = [_scene(index, self.cfg, self.split, self.seed, shape, place)[0]
+                  for index, shape, place in self.plan(step)]
         return _main_attributes(scenes)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         plan = self.plan(step)
-        items = [make_item(index, self.cfg, self.split, self.seed, shape) for index, shape in plan]
+        items = [make_item(index, self.cfg, self.split, self.seed, shape, place) for index, shape, place in plan]
         self._drawn = (step, _main_attributes(items))
         images = torch.stack([to_tensor(item["image"]) for item in items])  # (B, 3, S, S)
-        indices = torch.tensor([index for index, _ in plan], dtype=torch.long)
+        indices = torch.tensor([index for index, _, _ in plan], dtype=torch.long)
         return images, [item["caption"] for item in items], indices
 
 
