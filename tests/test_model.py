@@ -338,3 +338,21 @@ def test_keep_mask_drops_p_of_the_entries_from_uniform_16_bit_lanes():
     torch.manual_seed(0)
     assert torch.equal(keep_mask((1000, 400), 0.1), mask)  # the global seed decides it
     assert keep_mask((7,), 0.0).all() and keep_mask((3, 5), 0.5).shape == (3, 5)
+
+
+def test_positions_can_start_from_the_sine_cosine_table():
+    from tinyvit import sincos_positions
+
+    torch.manual_seed(0)
+    normal = VisionEncoder(SMALL)
+    torch.manual_seed(0)
+    sincos = VisionEncoder(dataclasses.replace(SMALL, pos_init="sincos"))
+    torch.testing.assert_close(sincos.pos_embed[0, 1:], sincos_positions(SMALL.grid_size, SMALL.dim))
+    torch.testing.assert_close(sincos.pos_embed[0, 0], normal.pos_embed[0, 0])  # CLS keeps its trunc-normal start
+    for (name, a), (_, b) in zip(normal.named_parameters(), sincos.named_parameters()):
+        if name != "pos_embed":  # everything else draws the same numbers
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="pos_init must be 'normal' or 'sincos', got 'learned'"):
+        ViTConfig(pos_init="learned")
+    with pytest.raises(ValueError, match="pos_init 'sincos' needs dim divisible by 4, got 6"):
+        ViTConfig(dim=6, heads=2, pos_init="sincos")

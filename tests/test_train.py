@@ -228,3 +228,13 @@ def test_bf16_autocast_on_the_cpu_trains_and_keeps_fp32_weights():
     assert seen[0] == torch.bfloat16  # the matrix products ran in bfloat16
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights did not
     assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
+
+
+def test_configs_from_before_a_field_existed_still_match_its_old_value():
+    old = {"vision": {"dim": 32}}  # a checkpoint written before ViTConfig.pos_init existed
+    check_configs({"vision": {"dim": 32, "pos_init": "normal"}}, old)  # what every older run had
+    check_configs(old, {"vision": {"dim": 32, "pos_init": "normal"}})  # and the other way round
+    with pytest.raises(ValueError, match="vision.pos_init: expected 'sincos', found nothing"):
+        check_configs({"vision": {"dim": 32, "pos_init": "sincos"}}, old)
+    with pytest.raises(ValueError, match="vision.depth: expected 2, found nothing"):
+        check_configs({"vision": {"dim": 32, "depth": 2}}, old)  # other missing fields still count

@@ -54,8 +54,15 @@ class ViTConfig(DictConfig):
     # on the CPU (with it, training falls back to a path about 2x slower); timm's ViTs also default to 0.
     attn_dropout: float = 0.0
     out_dim: int = 256  # the projector's output: the Thinker's width
+    # Where the learned patch positions start: "normal" (trunc-normal, std 0.02, as ViT does) or "sincos" (the 2-D
+    # sine-cosine table, model.sincos_positions). From noise, a CLS token trained with captions learned no place.
+    pos_init: str = "normal"
 
     def __post_init__(self):  # fail early, with a message
+        if self.pos_init not in ("normal", "sincos"):
+            raise ValueError(f"pos_init must be 'normal' or 'sincos', got {self.pos_init!r}")
+        if self.pos_init == "sincos" and self.dim % 4:
+            raise ValueError(f"pos_init 'sincos' needs dim divisible by 4, got {self.dim}")
         for name in ("image_size", "patch_size", "in_channels", "dim", "depth", "heads", "mlp_dim", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -180,8 +180,12 @@ class VisionTransformer(nn.Module):
 
     def init_weights(self) -> None:
         """ViT-style init: trunc-normal(0.02) for CLS, positions and Linear weights; Xavier for the patch
-        embedding (as a flat Linear); zero biases; LayerNorms at identity."""
+        embedding (as a flat Linear); zero biases; LayerNorms at identity. With cfg.pos_init "sincos" the patch
+        positions start from the sine-cosine table instead (the CLS position stays trunc-normal)."""
         trunc_normal(self.pos_embed)
+        if self.cfg.pos_init == "sincos":
+            with torch.no_grad():
+                self.pos_embed[0, 1:] = sincos_positions(self.cfg.grid_size, self.cfg.dim)
         trunc_normal(self.cls_token)
         for module in self.modules():
             if isinstance(module, nn.Linear):
