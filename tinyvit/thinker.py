@@ -138,8 +138,9 @@ def image_tokens(encoder: VisionEncoder, images: torch.Tensor, variant: str) -> 
     (B, N, E). images (B, C, H, W)."""
     if variant not in ("cls", "all"):
         raise ValueError(f"variant must be 'cls' or 'all', got {variant!r}")
-    tokens = encoder.forward_features(images)  # (B, N, D)
-    return encoder.projector(tokens[:, :1] if variant == "cls" else tokens)  # (B, 1 or N, E)
+    if variant == "cls":  # the encoder's own output, whose last block updates only the CLS token
+        return encoder(images)[:, None]  # (B, 1, E)
+    return encoder.projector(encoder.forward_features(images))  # (B, N, E)
 
 
 def encode_scenes(encoder: VisionEncoder, dataset: ShapesDataset, variant: str, batch_size: int = 200,
