@@ -14,7 +14,8 @@ The variant generator draws on mid-grey, gradient and checkerboard backgrounds (
 both as drawn and redrawn on light backgrounds, to tell the background apart from its other changes. It also
 splits the held-out recall@1: how often the top caption is at least true of the image (right content, another
 wording), per number of objects, beside a reference reader who knows every scene (`evaluate.oracle_recall_at_1`),
-and checks place alone: on one-object scenes, the image's pick among nine captions that differ only in the place.
+and checks place alone: on one-object scenes, held-out and seen, the image's pick among nine captions that differ
+only in the place.
 """
 from __future__ import annotations
 
@@ -99,12 +100,12 @@ def place_accuracy(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) ->
     scenes = dataset.scenes()
     rows = [i for i, scene in enumerate(scenes) if len(scene["objects"]) == 1]
     images = embed_images(model, dataset)[rows]  # (n, E)
-    hits = 0
-    for image, i in zip(images, rows):
-        obj = scenes[i]["objects"][0]
-        texts = [caption_options([{**obj, "position": place}], dataset.cfg)[3] for place in range(len(POSITIONS))]
-        hits += int((embed_texts(model, tokenizer, texts) @ image).argmax()) == obj["position"]
-    return hits / len(rows)
+    objects = [scenes[i]["objects"][0] for i in rows]
+    texts = [caption_options([{**obj, "position": place}], dataset.cfg)[3]
+             for obj in objects for place in range(len(POSITIONS))]
+    options = embed_texts(model, tokenizer, texts).view(len(rows), len(POSITIONS), -1)  # (n, 9, E)
+    picked = (options @ images[:, :, None])[..., 0].argmax(dim=1)  # (n,)
+    return (picked == torch.tensor([obj["position"] for obj in objects])).float().mean().item()
 
 
 def score_run(run_dir: str) -> None:
@@ -114,14 +115,15 @@ def score_run(run_dir: str) -> None:
     config = json.loads((Path(run_dir) / "config.json").read_text())
     shapes = ShapesConfig(**config["shapes"])
     size, seed = shapes.image_size, config["train"]["seed"]
-    held = evaluate_shapes(model, tokenizer, ShapesDataset(500, shapes, "heldout", seed=seed))
+    held_set = ShapesDataset(500, shapes, "heldout", seed=seed)
+    held = evaluate_shapes(model, tokenizer, held_set)
     seen = evaluate_shapes(model, tokenizer, ShapesDataset(500, shapes, "test", seed=seed))
     row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
            "held-out i2t R@1": held["i2t_recall@1"], "seen shape": seen["shape_zero_shot"],
            "seen colour": seen["colour_zero_shot"]}
-    held_set = ShapesDataset(500, shapes, "heldout", seed=seed)
     row.update(recall_breakdown(model, tokenizer, held_set))
     row["1-object: place of 9 (chance 0.11)"] = place_accuracy(model, tokenizer, held_set)
+    row["  the same on seen pairs"] = place_accuracy(model, tokenizer, ShapesDataset(500, shapes, "test", seed=seed))
     for name, light in (("variant", False), ("variant, light backgrounds", True)):
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})
