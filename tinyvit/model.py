@@ -271,8 +271,9 @@ class VisionTransformer(nn.Module):
     #: Inference on the CPU runs a batch in slices of about this many tokens (2,048: 10 images at 224x224, 31 at
     #: 64x64); None runs it whole. The results are the same. Slices keep every activation under about 4 MB: whole
     #: batches of 64 at 224x224 make 26 MB MLP activations, which glibc's malloc maps fresh from the kernel on each
-    #: use (page faults), and which spill the caches. Measured on this 2-core CPU, forward_features ran 1.4-1.5x
-    #: faster at batches of 128 (224x224) and 256 (64x64). Training is not sliced: autograd keeps every activation.
+    #: use (page faults), and which spill the caches. Measured on this 2-core CPU (benchmarks/inference_slices.py),
+    #: forward_features ran 1.3-1.5x faster at batches of 128 (224x224) and 256 (64x64). Training is not sliced:
+    #: autograd keeps every activation anyway.
     slice_tokens: int | None = 2048
 
 
