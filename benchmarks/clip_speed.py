@@ -1,7 +1,7 @@
 """CLIP training-step throughput: tinyvit's CLIP against a peer whose vision tower is nn.TransformerEncoderLayer.
 
 Both models have the same size, the same text encoder (tinyvit.text.TextEncoder), the same loss and the same
-AdamW; a step is forward, backward and optimiser update on one batch. The peer's layers are built as the source
+AdamW (`fit`'s); a step is forward, backward and optimiser update on one batch. The peer's layers are built as the source
 system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True).
 Two settings, each model in both:
 - the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block);
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit.config import TextConfig, ViTConfig
+from tinyvit.config import TextConfig, TrainConfig, ViTConfig
 from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, default_recipe
 from tinyvit.text import TextEncoder
+from tinyvit.train import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encoder_speed import PeerEncoder as PeerVision  # noqa: E402  the same ViT from nn.TransformerEncoderLayer
@@ -52,7 +53,7 @@ class PeerCLIP(nn.Module):
 def trainer(model: nn.Module, batch, dtype: torch.dtype | None = None):
     """One training step as a closure: forward (under CPU autocast to `dtype`, if given), symmetric InfoNCE,
     backward, AdamW."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-4), torch.device("cpu"))  # `fit`'s AdamW
     model.train()
 
     def step():

@@ -49,10 +49,41 @@ def test_return_attention_contract(chapter_model):
 def test_explicit_and_fused_attention_agree():
     attn = Attention(SMALL).eval()
     x = torch.randn(3, 17, SMALL.dim)
-    fast, none = attn(x)
+    with torch.no_grad():  # without gradients, the fused kernel
+        fast, none = attn(x)
     explicit, weights = attn(x, return_attention=True)
     assert none is None and weights.shape == (3, 4, 17, 17)
     torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_training_takes_the_explicit_path_with_the_same_outputs_and_gradients(monkeypatch):
+    torch.manual_seed(0)
+    attn = Attention(dataclasses.replace(SMALL, dropout=0.0)).train()  # no dropout: both runs draw no masks
+    x = torch.randn(3, 17, SMALL.dim)
+    fused_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: fused_calls.append(1) or sdpa(*a, **k))
+    results = {}
+    for explicit in (True, False):
+        monkeypatch.setattr(Attention, "explicit_for_cpu_grad", explicit)
+        fused_calls.clear()
+        attn.zero_grad()
+        out, weights = attn(x)
+        out.square().sum().backward()
+        assert weights is None  # the weights are only returned when asked for
+        assert len(fused_calls) == (0 if explicit else 1)
+        results[explicit] = out, [p.grad.clone() for p in attn.parameters()]
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    for g_explicit, g_fused in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(g_explicit, g_fused, atol=1e-5, rtol=1e-4)
+    # Inference and the CLS-only queries stay on the fused kernel.
+    fused_calls.clear()
+    monkeypatch.setattr(Attention, "explicit_for_cpu_grad", True)
+    with torch.no_grad():
+        attn(x)
+    attn(x, queries=1)
+    assert len(fused_calls) == 2
 
 
 def test_attention_mask_hides_keys_on_both_paths():
@@ -60,13 +91,16 @@ def test_attention_mask_hides_keys_on_both_paths():
     x = torch.randn(2, 6, SMALL.dim)
     mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
     mask[0, :, :, 4:] = False  # the first sequence's last two tokens are padding
-    fast, _ = attn(x, attn_mask=mask)
+    with torch.no_grad():  # the fused kernel
+        fast, _ = attn(x, attn_mask=mask)
     explicit, weights = attn(x, return_attention=True, attn_mask=mask)
     torch.testing.assert_close(fast, explicit, atol=1e-5, rtol=1e-5)
     assert weights[0, :, :, 4:].abs().max() == 0
-    # Changing the hidden tokens changes nothing the visible ones see.
+    # Changing the hidden tokens changes nothing the visible ones see, on either path.
     x2 = x.clone()
     x2[0, 4:] += 10
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x2, attn_mask=mask)[0][0, :4], fast[0, :4], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(attn(x2, attn_mask=mask)[0][0, :4], fast[0, :4], atol=1e-5, rtol=1e-5)
 
 

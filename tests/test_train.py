@@ -9,8 +9,8 @@ import torch
 from tinyvit.config import TextConfig, TrainConfig, ViTConfig
 from tinyvit.contrastive import CLIP, clip_batch_loss
 from tinyvit.train import (
-    autocast_dtype, check_configs, fit, load_checkpoint, load_model, lr_at, param_groups, resolve_device,
-    save_checkpoint,
+    autocast_dtype, check_configs, fit, load_checkpoint, load_model, lr_at, make_optimizer, param_groups,
+    resolve_device, save_checkpoint,
 )
 
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, out_dim=16, dropout=0.1)
@@ -90,6 +90,24 @@ def test_no_weight_decay_on_biases_norms_embeddings_and_temperature():
     assert not any(isinstance(m, torch.nn.Embedding) and id(m.weight) in {id(p) for p in decay["params"]}
                    for m in model.modules())
     assert len(decayed) + len(skipped) == len(list(model.parameters()))
+
+
+def test_fits_optimizer_is_fused_adamw_with_the_same_updates_as_the_loop():
+    fused_model, loop_model = tiny_clip(), tiny_clip()
+    fused = make_optimizer(fused_model, CFG, torch.device("cpu"))
+    loop = torch.optim.AdamW(param_groups(loop_model, CFG.weight_decay), lr=CFG.lr, betas=(0.9, 0.98), eps=1e-6)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [CFG.weight_decay, 0.0]
+    for step in range(3):
+        grads = [torch.randn_like(p, generator=torch.Generator().manual_seed(step * 1000 + i))
+                 for i, p in enumerate(fused_model.parameters())]
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any((a - b).abs().max() > 0 for a, b in zip(fused_model.parameters(), tiny_clip().parameters()))
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
