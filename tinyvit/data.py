@@ -30,8 +30,10 @@ WHERE = {"top left": "in the top left", "top": "at the top", "top right": "in th
 HELDOUT = frozenset({("circle", "blue"), ("square", "red"), ("triangle", "yellow"), ("star", "green"),
                      ("cross", "purple")})
 UNNAMED_DISTANCE = 120.0  # how far (RGB distance) a colour without a name stays from every named colour
+_NAMED_RGB = np.array(list(RGB.values()))  # (6, 3)
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+_MEAN, _STD = torch.tensor(IMAGE_MEAN).view(3, 1, 1), torch.tensor(IMAGE_STD).view(3, 1, 1)  # made once, not per image
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def _unnamed_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
     """A colour at least UNNAMED_DISTANCE (in RGB) from every named colour, so it is none of them."""
     while True:
         rgb = rng.integers(0, 256, 3)
-        if min(np.linalg.norm(rgb - np.array(named)) for named in RGB.values()) >= UNNAMED_DISTANCE:
+        if np.sqrt(((rgb - _NAMED_RGB) ** 2).sum(1)).min() >= UNNAMED_DISTANCE:  # distance to the nearest
             return tuple(int(v) for v in rgb)
 
 
@@ -279,7 +281,7 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"to_tensor expects a uint8 array (H, W, 3), got {array.dtype} {array.shape}")
     x = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255  # (3, H, W)
-    return (x - torch.tensor(IMAGE_MEAN).view(3, 1, 1)) / torch.tensor(IMAGE_STD).view(3, 1, 1)
+    return (x - _MEAN) / _STD
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
