@@ -514,3 +514,28 @@ def test_place_groups_differ_only_in_where_and_how_big():
         ShapesConfig(place_fraction=1.5)
     with pytest.raises(ValueError, match="place must be a position index 0-8, got 9"):
         make_item(0, cfg, place=9)
+
+
+def test_late_backgrounds_start_after_the_shape_phase_and_take_whole_groups():
+    cfg = ShapesConfig(image_size=32, background=(0.8, 0.95), late_background=[0.05, 0.15], late_background_share=0.5,
+                       hard_fraction=1.0, shape_first_steps=2, noise=0.0, texture=0.0)
+    assert cfg.late_background == (0.05, 0.15)  # a JSON list becomes a pair
+    batches = HardNegativeBatches(cfg, batch_size=16, group_size=4)
+
+    def dark(step):  # per item: is its top-left corner (a shape seldom reaches it) on dark paper?
+        images = batches(step)[0]  # (16, 3, 32, 32), normalised to [-1, 1]
+        grey = images[:, :, :2, :2].mean((1, 2, 3)) * 0.5 + 0.5  # (16,) in [0, 1]
+        light_or_dark = (grey > 0.7) | (grey < 0.25)
+        assert light_or_dark.float().mean() > 0.9  # nothing in between: the corners show the paper
+        return (grey < 0.25).view(4, 4)  # (groups, copies)
+
+    assert not any(dark(step).any() for step in (0, 1))  # the shape phase stays on light paper
+    later = torch.stack([dark(step) for step in range(2, 12)])  # (10, 4, 4)
+    by_group = later.float().mean(-1)  # (10, 4): 0 or 1 when a group's copies share their paper
+    assert ((by_group == 0) | (by_group == 1)).float().mean() > 0.9
+    assert 0.3 < later.float().mean() < 0.7  # about half the scenes
+    assert all(batches.scene_config(step, 7) is cfg for step in (0, 1))
+    with pytest.raises(ValueError, match=r"late_background must be a \(low, high\) pair"):
+        ShapesConfig(late_background=(0.9, 0.3))
+    with pytest.raises(ValueError, match="late_background_share must be in"):
+        ShapesConfig(late_background_share=1.5)

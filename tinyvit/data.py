@@ -5,6 +5,7 @@ Shapes: B batch, S image side. Images are uint8 (S, S, 3) as drawn or stored, fl
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -65,6 +66,11 @@ class ShapesConfig:
     # For the first N training steps contrast only the copies of one scene (a hard-negative group, so hard_fraction
     # must be 1): shape is then the only thing that tells captions apart, and colour cannot crowd it out.
     shape_first_steps: int = 0
+    # From step shape_first_steps on, draw this share of a training stream's scenes (whole hard-negative groups) on
+    # backgrounds from `late_background` instead: shapes are first learned with one edge sign on light paper, then
+    # seen on darker paper too, where a colour can be lighter or darker than the background. None: never.
+    late_background: tuple[float, float] | None = None
+    late_background_share: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -73,21 +79,28 @@ class ShapesConfig:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 2, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             raise ValueError(f"need 0.05 <= min_size <= max_size <= 0.6, got {self.min_size}, {self.max_size}")
-        background = tuple(self.background) if isinstance(self.background, (list, tuple)) else ()
-        if len(background) != 2 or not 0 <= background[0] <= background[1] <= 1:
-            raise ValueError(f"background must be a (low, high) pair of grey levels with 0 <= low <= high <= 1, "
-                             f"got {self.background!r}")
+        object.__setattr__(self, "background", _grey_range("background", self.background))  # a JSON list too
+        if self.late_background is not None:
+            object.__setattr__(self, "late_background", _grey_range("late_background", self.late_background))
         if not isinstance(self.shape_first_steps, int) or self.shape_first_steps < 0:
             raise ValueError(f"shape_first_steps must be a non-negative integer, got {self.shape_first_steps!r}")
         if self.shape_first_steps and self.hard_fraction != 1.0:
             raise ValueError(f"shape_first_steps contrasts the copies of one scene, so every item must be in a "
                              f"hard-negative group: need hard_fraction 1.0, got {self.hard_fraction} "
                              f"(or set shape_first_steps to 0)")
-        object.__setattr__(self, "background", (float(background[0]), float(background[1])))  # a JSON list too
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
-                          ("unnamed_fraction", 1.0), ("hard_fraction", 1.0), ("place_fraction", 1.0)):
+                          ("unnamed_fraction", 1.0), ("hard_fraction", 1.0), ("place_fraction", 1.0),
+                          ("late_background_share", 1.0)):
             if not 0 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} must be in [0, {top}], got {getattr(self, name)!r}")
+
+
+def _grey_range(name: str, value: Any) -> tuple[float, float]:
+    """A (low, high) pair of grey levels in [0, 1], from a tuple or a JSON list, or a ValueError naming `name`."""
+    pair = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair) or not 0 <= pair[0] <= pair[1] <= 1:
+        raise ValueError(f"{name} must be a (low, high) pair of grey levels with 0 <= low <= high <= 1, got {value!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def heldout_pairs() -> frozenset[tuple[str, str]]:
@@ -547,6 +560,7 @@ class HardNegativeBatches:
         self.group_size, self.groups = group_size, int(batch_size * hard_fraction) // group_size
         self.place_groups = round(self.groups * cfg.place_fraction)  # the last ones
         self._drawn: tuple[int, torch.Tensor] | None = None  # (step, attributes) of the batch drawn last
+        self._late = None if cfg.late_background is None else dataclasses.replace(cfg, background=cfg.late_background)
 
     def plan(self, step: int) -> list[tuple[int, int | None, int | None]]:
         """(scene index, main shape or None, main place or None) for each of the B items of this step: None, None
@@ -574,9 +588,20 @@ class HardNegativeBatches:
                   for index, shape, place in self.plan(step)]
         return _main_attributes(scenes)
 
+    def scene_config(self, step: int, index: int) -> ShapesConfig:
+        """The config scene `index` of this step is drawn with: after the shape phase, a `late_background_share` of
+        the scenes (a seeded draw per scene, so a group's copies share it) take the `late_background` range."""
+        cfg = self.cfg
+        if cfg.late_background is None or step < cfg.shape_first_steps:
+            return cfg
+        if np.random.default_rng([self.seed, index, 2]).random() >= cfg.late_background_share:
+            return cfg
+        return self._late
+
     def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         plan = self.plan(step)
-        items = [make_item(index, self.cfg, self.split, self.seed, shape, place) for index, shape, place in plan]
+        items = [make_item(index, self.scene_config(step, index), self.split, self.seed, shape, place)
+                 for index, shape, place in plan]
         self._drawn = (step, _main_attributes(items))
         images = torch.stack([to_tensor(item["image"]) for item in items])  # (B, 3, S, S)
         indices = torch.tensor([index for index, _, _ in plan], dtype=torch.long)
