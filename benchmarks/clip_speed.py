@@ -1,10 +1,11 @@
 """CLIP training-step throughput: tinyvit's CLIP against a peer whose vision tower is nn.TransformerEncoderLayer.
 
 Both models have the same size, the same text encoder (tinyvit.text.TextEncoder), the same loss and the same
-AdamW (`fit`'s); a step is forward, backward and optimiser update on one batch. The peer's layers are built as the source
-system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True).
+AdamW (`fit`'s); a step is forward, backward and optimiser update on one batch. The peer's layers are built as the
+source system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True).
 Two settings, each model in both:
-- the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block);
+- the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block, and its explicit
+  attention path in CPU training);
 - the chapter's dropout 0.1. The peer's TransformerEncoderLayer then also drops attention probabilities, which
   takes PyTorch off its fused attention kernel; tinyvit drops only on the residual branches (timm's default too)
   and draws its masks four to a 64-bit random number.

@@ -85,7 +85,7 @@ class Attention(nn.Module):
         weights = None
         if return_attention or (self.explicit_for_cpu_grad and queries is None and x.device.type == "cpu"
                                 and torch.is_grad_enabled()):
-            # The explicit path, so a learner (and viz.py) can see the softmax weights.
+            # The explicit path: a learner (and viz.py) can see the softmax weights, and CPU training runs faster.
             scores = q @ k.transpose(-2, -1) * Dh**-0.5  # (B, h, N, N)
             if attn_mask is not None:
                 scores = scores.masked_fill(~attn_mask, float("-inf"))
