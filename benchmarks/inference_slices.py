@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from tinyvit import ViTConfig, VisionEncoder
 
+sys.path.insert(0, str(Path(__file__).parent))
+from encoder_speed import time_call  # noqa: E402  best of n timed calls
+
 SETTINGS = [("224x224, patch 16, batch 128 (the chapter's encoder)", ViTConfig(), 128),
             ("64x64, patch 8, batch 256 (the shapes recipe; evaluate's batch)",
              ViTConfig(image_size=64, patch_size=8), 256)]
-
-
-def best_of(fn, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
         ratios, rates = [], []
         for r in range(args.rounds):
             order = (None, sliced_tokens) if r % 2 == 0 else (sliced_tokens, None)
-            seconds = {s: best_of(lambda s=s: run(s)) for s in order}
+            seconds = {s: time_call(lambda s=s: run(s), 2) for s in order}
             ratios.append(seconds[None] / seconds[sliced_tokens])
             rates.append((batch / seconds[None], batch / seconds[sliced_tokens]))
         whole, sliced = (statistics.median(r[k] for r in rates) for k in (0, 1))
