@@ -115,15 +115,14 @@ def score_run(run_dir: str) -> None:
     config = json.loads((Path(run_dir) / "config.json").read_text())
     shapes = ShapesConfig(**config["shapes"])
     size, seed = shapes.image_size, config["train"]["seed"]
-    held_set = ShapesDataset(500, shapes, "heldout", seed=seed)
-    held = evaluate_shapes(model, tokenizer, held_set)
-    seen = evaluate_shapes(model, tokenizer, ShapesDataset(500, shapes, "test", seed=seed))
+    held_set, seen_set = (ShapesDataset(500, shapes, split, seed=seed) for split in ("heldout", "test"))
+    held, seen = evaluate_shapes(model, tokenizer, held_set), evaluate_shapes(model, tokenizer, seen_set)
     row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
            "held-out i2t R@1": held["i2t_recall@1"], "seen shape": seen["shape_zero_shot"],
            "seen colour": seen["colour_zero_shot"]}
     row.update(recall_breakdown(model, tokenizer, held_set))
     row["1-object: place of 9 (chance 0.11)"] = place_accuracy(model, tokenizer, held_set)
-    row["  the same on seen pairs"] = place_accuracy(model, tokenizer, ShapesDataset(500, shapes, "test", seed=seed))
+    row["  the same on seen pairs"] = place_accuracy(model, tokenizer, seen_set)
     for name, light in (("variant", False), ("variant, light backgrounds", True)):
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})

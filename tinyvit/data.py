@@ -301,7 +301,7 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Undo to_tensor for display: (3, H, W) -> (H, W, 3), or (B, 3, H, W) -> (B, H, W, 3), floats in [0, 1]."""
     if images.dim() not in (3, 4) or images.shape[-3] != 3:
         raise ValueError(f"denormalize expects (3, H, W) or (B, 3, H, W), got {tuple(images.shape)}")
-    x = images.detach().cpu().float() * torch.tensor(IMAGE_STD).view(3, 1, 1) + torch.tensor(IMAGE_MEAN).view(3, 1, 1)
+    x = images.detach().cpu().float() * _STD + _MEAN
     return x.movedim(-3, -1).clamp(0, 1)  # (..., H, W, 3)
 
 
