@@ -3,6 +3,11 @@ single projector(CLS) token or (b) the projector applied to all N tokens, and sc
 held-out colour-shape pairs, per question type and for one- and two-object scenes.
 
     python benchmarks/thinker_qa.py --run CLIP_RUN_DIR [--out DIR] [--steps N] [--images N] [--threads N]
+                                    [--keep-unseen-answers]
+
+--keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
+question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
+colour-from-shape shortcut in the language model.
 
 With --out, each Thinker is saved as a `python -m tinyvit think` folder (DIR/cls, DIR/all) that `ask` can use.
 Targets (issue 6): shape and colour >= 90 % with (a); each training <= 5 minutes on a 2-core CPU.
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=["cls", "all"], choices=["cls", "all"])
+    parser.add_argument("--keep-unseen-answers", action="store_true", help="train plain language models")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,14 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     print(tokenizer_coverage(args.run, 300))
     results = {}
     for variant in args.variants:
-        result = train_thinker(args.run, variant, train, args.images, args.eval_images, progress=sys.stderr.isatty())
+        result = train_thinker(args.run, variant, train, args.images, args.eval_images, progress=sys.stderr.isatty(),
+                               rule_out_unseen=not args.keep_unseen_answers)
         results[variant] = result["metrics"]
         if args.out:
             save_thinker(args.out / variant, result, args.run)
     names = {v: f"{v} ({results[v]['image_tokens']} token{'s' * (results[v]['image_tokens'] > 1)})" for v in results}
     print(f"\nexact match on {args.eval_images} held-out images (colour-shape pairs never trained on) and "
           f"{args.eval_images} images of seen pairs ({train.steps} steps, {args.images} training images, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, unseen answers "
+          f"{'kept in the softmax' if args.keep_unseen_answers else 'left out of the loss'})")
     print(f"{'held-out question':<24}" + "".join(f"{names[v]:>18}" for v in results))
     for scope, label in (("accuracy", "{t}"), ("one_object", "{t}, 1 object"), ("two_objects", "{t}, 2 objects"),
                          ("seen_pairs", "{t}, seen pairs")):

@@ -2,6 +2,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tinyvit.config import TextConfig
 from tinyvit.data import ShapesDataset
@@ -117,7 +118,7 @@ def padded_tokens() -> torch.Tensor:
     return tokens  # (3, 9): BOS, pieces, EOS, padding
 
 
-@pytest.mark.parametrize("kind", ["mean", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
 def test_output_shape(kind):
     out = TextEncoder(tiny(kind))(padded_tokens())
     assert out.shape == (3, 8) and out.dtype == torch.float32
@@ -131,7 +132,30 @@ def test_mean_kind_is_the_mean_of_non_pad_embeddings():
     torch.testing.assert_close(encoder(tokens), expected)
 
 
-@pytest.mark.parametrize("kind", ["mean", "transformer"])
+def test_pairs_kind_adds_the_mean_of_gelu_over_neighbouring_pairs():
+    encoder = TextEncoder(tiny("pairs"))
+    tokens = padded_tokens()
+    rows = []
+    for row in tokens:
+        x = encoder.token_embed(row[row != 0])  # (t, D)
+        w, b = encoder.pair.weight, encoder.pair.bias  # (D, D, 2), (D,)
+        pairs = F.gelu(x[:-1] @ w[:, :, 0].T + x[1:] @ w[:, :, 1].T + b)  # (t - 1, D): x_t, x_t+1
+        rows.append(x.mean(0) + pairs.mean(0))
+    torch.testing.assert_close(encoder(tokens), torch.stack(rows) @ encoder.projector.weight.T)
+
+
+def test_a_bag_of_words_cannot_tell_who_is_above_whom_and_pairs_can():
+    # "a red square above a blue star" against "a blue square above a red star": the same pieces in another order.
+    one, other = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 3]]), torch.tensor([[2, 5, 9, 7, 8, 6, 10, 3]])
+    mean, pairs = TextEncoder(tiny("mean")), TextEncoder(tiny("pairs"))
+    for encoder in (mean, pairs):  # at the start of training everything is near 0: give the weights real size
+        torch.nn.init.normal_(encoder.token_embed.weight)
+    torch.nn.init.normal_(pairs.pair.weight, std=0.5)
+    torch.testing.assert_close(mean(one), mean(other))
+    assert (pairs(one) - pairs(other)).abs().max() > 0.1 * pairs(one).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
 def test_padding_does_not_change_the_output(kind):
     encoder = TextEncoder(tiny(kind, dropout=0.1)).eval()
     tokens = padded_tokens()
@@ -141,14 +165,14 @@ def test_padding_does_not_change_the_output(kind):
     torch.testing.assert_close(alone, encoder(tokens), atol=1e-6, rtol=1e-5)  # batching and trimming do not matter
 
 
-@pytest.mark.parametrize("kind", ["mean", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
 def test_all_padding_row_is_finite(kind):
     tokens = padded_tokens()
     tokens[1] = 0
     assert torch.isfinite(TextEncoder(tiny(kind))(tokens)).all()
 
 
-@pytest.mark.parametrize("kind", ["mean", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
 def test_gradients_reach_every_parameter(kind):
     encoder = TextEncoder(tiny(kind))
     encoder(padded_tokens()).pow(2).sum().backward()
@@ -156,7 +180,7 @@ def test_gradients_reach_every_parameter(kind):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("kind", ["mean", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
 def test_bad_token_ids_are_refused(kind):
     encoder = TextEncoder(tiny(kind))
     with pytest.raises(ValueError, match=r"\[0, 40\) for vocab_size 40"):

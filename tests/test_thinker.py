@@ -18,7 +18,7 @@ from tinyvit.model import VisionEncoder
 from tinyvit.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tinyvit.thinker import (
     QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, greedy_matches, image_tokens,
-    make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer,
+    make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer, unseen_answers,
 )
 from tinyvit.train import fit, load_checkpoint, save_checkpoint
 
@@ -87,6 +87,45 @@ def test_loss_reads_only_answer_tokens():
     loss.backward()
     used = logits.grad.abs().sum(-1)[0] > 0
     assert used.tolist() == [False, False, False, False, True, True, True, False, False]
+
+
+def test_ruled_out_pieces_leave_the_softmax_and_get_no_gradient():
+    ids = torch.tensor([[BOS_ID, 7, 8, EOS_ID, 9, 10, EOS_ID, PAD_ID]])
+    mask = torch.tensor([[False, False, False, False, True, True, True, False]])
+    ruled_out = torch.full((1, 8, 2), -1)
+    ruled_out[0, 4] = torch.tensor([11, 12])  # at the first answer piece (9), pieces 11 and 12 are left out
+    logits = torch.randn(1, 9, 40, requires_grad=True)
+    loss = answer_loss(logits, ids, mask, ruled_out)
+    pred = logits[0, 4:7].clone()
+    pred[0, [11, 12]] = float("-inf")
+    torch.testing.assert_close(loss, F.cross_entropy(pred, ids[0, 4:7]))
+    loss.backward()
+    assert logits.grad[0, 4, [11, 12]].abs().sum() == 0 and logits.grad[0, 4, 13] != 0
+    assert logits.grad[0, 5, 11] != 0  # only the named position leaves them out
+    torch.testing.assert_close(answer_loss(logits, ids, mask, torch.full((1, 8, 2), -1)), answer_loss(logits, ids, mask))
+
+
+def test_unseen_answers_are_the_answers_of_a_type_a_question_never_had():
+    dataset = ShapesDataset(300, ShapesConfig(image_size=16), "train")
+    tok, records = train_tokenizer(dataset), make_qa(dataset)
+    ids, mask = encode_qa(tok, records, 40)
+    ruled_out = unseen_answers(records, ids, mask)
+    by_question = {r["question"]: out for r, out in zip(records, ruled_out)}
+    first_piece = {c: tok.encode(c)[0] for c in COLOURS}
+    heldout = dict(heldout_pairs())  # shape -> its held-out colour: never in the train split
+    for shape, colour in heldout.items():
+        assert first_piece[colour] in by_question[f"what colour is the {shape}?"]
+        assert first_piece[colour] not in by_question[f"what colour is the {next(s for s in SHAPES if s != shape)}?"]
+    assert by_question["what shape is this?"] == []  # every shape answers it
+    for record, out in zip(records, ruled_out):  # never the piece of an answer the question had
+        assert out == by_question[record["question"]] and tok.encode(record["answer"])[0] not in out
+    # In packed batches the pieces sit at each pair's first answer position and nowhere else.
+    batches = QABatches(torch.randn(300, 1, 32).half(), records, ids, mask, batch_size=8, ruled_out=ruled_out)
+    _, batch_ids, batch_mask, segments, batch_out = batches(0)
+    assert batch_out.shape[:2] == batch_ids.shape and batch_out.shape[2] == max(map(len, ruled_out))
+    starts = batch_mask & ~torch.cat([torch.zeros(8, 1, dtype=torch.bool), batch_mask[:, :-1]], 1)
+    assert ((batch_out >= 0).any(-1) & ~starts).sum() == 0 and (batch_out >= 0).any()
+    assert len(QABatches(torch.randn(300, 1, 32).half(), records, ids, mask, batch_size=8)(0)) == 4
 
 
 class Scripted(Thinker):

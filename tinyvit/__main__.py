@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_object
+from .config import SOURCE_KEYS, TEXT_KINDS, TextConfig, TrainConfig, ViTConfig, read_json_object
 from .contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe, shared_attribute_mask
 from .data import Batches, HardNegativeBatches, ManifestDataset, ShapesConfig, ShapesDataset, load_image
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                        help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast, also on CPUs "
                             "with AVX-512 BF16 or AMX (faster there, slow on CPUs without them)")
-    train.add_argument("--text-encoder", choices=("mean", "transformer"), help="mean-pooled tokens or a transformer")
+    train.add_argument("--text-encoder", choices=TEXT_KINDS,
+                       help="mean-pooled tokens, that plus neighbouring pairs, or a transformer")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
     train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     train.add_argument("--force", action="store_true", help="overwrite a complete run in RUN_DIR")

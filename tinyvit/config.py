@@ -146,13 +146,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+TEXT_KINDS = ("mean", "pairs", "transformer")
+
+
 @dataclass(frozen=True)
 class TextConfig(DictConfig):
     """The caption side: SentencePiece vocabulary, context length, and the text encoder's shape."""
 
     vocab_size: int = 256
     context_length: int = 32  # tokens per caption, BOS and EOS included; longer captions are truncated
-    kind: str = "mean"  # "mean": the chapter's mean-pooled token embeddings; "transformer": a small encoder
+    # "mean": the chapter's mean-pooled token embeddings (a bag of words); "pairs": that mean plus the mean of
+    # GELU(a width-2 convolution) over each two neighbouring tokens, so word order counts; "transformer": a small
+    # encoder
+    kind: str = "mean"
     dim: int = 128
     depth: int = 2  # transformer kind only
     heads: int = 2  # transformer kind only
@@ -161,8 +167,8 @@ class TextConfig(DictConfig):
     out_dim: int = 256  # the shared image-text embedding size E; must equal ViTConfig.out_dim
 
     def __post_init__(self):
-        if self.kind not in ("mean", "transformer"):
-            raise ValueError(f"TextConfig.kind must be 'mean' or 'transformer', got {self.kind!r}")
+        if self.kind not in TEXT_KINDS:
+            raise ValueError(f"TextConfig.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
         for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import sentencepiece as spm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import TextConfig, ViTConfig
@@ -146,6 +147,10 @@ class TextEncoder(nn.Module):
     """Token ids -> one caption vector, not normalised. (B, T) -> (B, E).
 
     kind "mean": the chapter's option 2, the mean of the token embeddings over non-pad positions, then a Linear.
+    A bag of words: "a red square above a blue star" and "a blue square above a red star" give the same vector.
+    kind "pairs": that mean plus the mean, over each two neighbouring non-pad tokens (t, t+1), of GELU(W0 x_t +
+    W1 x_t+1 + b), then the Linear. The GELU makes "red square" a feature of its own, not red + square, so the
+    two captions above differ (a learned bag of bigrams).
     kind "transformer": token + position embeddings -> pre-norm blocks (padding masked) -> LayerNorm -> the same
     masked mean -> Linear. Padding never changes the output; a row of only padding gives a finite vector."""
 
@@ -160,13 +165,15 @@ class TextEncoder(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.dim))
             self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.depth))
             self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.kind == "pairs":
+            self.pair = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=2)  # (B, D, T) -> (B, D, T - 1): x_t and x_t+1
         self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Trunc-normal(0.02) for embeddings, positions and Linear weights; zero biases; LayerNorms at identity."""
+        """Trunc-normal(0.02) for embeddings, positions, Linear and pair-convolution weights; zero biases; LayerNorms at identity."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -200,6 +207,14 @@ class TextEncoder(nn.Module):
             for block in self.blocks:
                 x = block(x, attn_mask=attn_mask)[0]
             x = self.norm(x)
-        weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
+        pooled = _masked_mean(x, keep)  # (B, D)
+        if self.cfg.kind == "pairs" and T > 1:
+            pairs = F.gelu(self.pair(x.transpose(1, 2))).transpose(1, 2)  # (B, T - 1, D)
+            pooled = pooled + _masked_mean(pairs, keep[:, 1:] & keep[:, :-1])  # pairs of real tokens only
         return self.projector(pooled)  # (B, E)
+
+
+def _masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where keep is True: (B, T, D), (B, T) bool -> (B, D); a row with none gives 0."""
+    weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1)

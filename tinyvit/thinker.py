@@ -117,22 +117,50 @@ def _positions_in_segments(segments: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(segments < 0, 0)  # padding (-1) is never read: any in-range position will do
 
 
-def answer_loss(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+def answer_loss(logits: torch.Tensor, ids: torch.Tensor, answer_mask: torch.Tensor,
+                ruled_out: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy on the answer tokens only. logits (B, K + T, V), ids (B, T), answer_mask (B, T) bool -> scalar.
-    Position K - 1 + t predicts text token t, so the question and the image are context, never targets."""
+    Position K - 1 + t predicts text token t, so the question and the image are context, never targets.
+    ruled_out (B, T, R) long, -1 for none: pieces left out of the softmax at each position (`unseen_answers`), so
+    the loss neither raises nor lowers them there."""
     K = logits.shape[1] - ids.shape[1]
     pred = logits[:, K - 1 : -1]  # (B, T, V)
+    if ruled_out is not None and ruled_out.numel():
+        left_out = torch.zeros_like(pred, dtype=torch.bool).scatter_(-1, ruled_out.clamp(min=0), ruled_out >= 0)
+        pred = pred.masked_fill(left_out, float("-inf"))  # (B, T, V)
     return F.cross_entropy(pred[answer_mask], ids[answer_mask])
 
 
 def thinker_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The loss `train.fit` calls: batch = (image tokens (B, K, D), ids (B, T), answer mask (B, T)[, segments
-    (B, T)]) -> scalar. In packed rows a pair's first token (BOS) is never a target, so no pair predicts another."""
-    image_tokens, ids, answer_mask, *segments = batch
-    return answer_loss(model(image_tokens, ids, *segments), ids, answer_mask)
+    (B, T)[, ruled_out (B, T, R)]]) -> scalar. In packed rows a pair's first token (BOS) is never a target, so no
+    pair predicts another."""
+    image_tokens, ids, answer_mask, *rest = batch
+    segments = rest[0] if rest else None
+    return answer_loss(model(image_tokens, ids, segments), ids, answer_mask, rest[1] if len(rest) > 1 else None)
 
 
-@torch.no_grad()
+def unseen_answers(records: Sequence[dict[str, Any]], ids: torch.Tensor, answer_mask: torch.Tensor
+                   ) -> list[list[int]]:
+    """Per record, the first answer pieces that answer other questions of its type in these records but never its
+    own question: for "what colour is the circle?" in a training set without blue circles, the piece of "blue".
+
+    A plain language model learns from such a set that a circle is never blue: every "what colour is the circle?"
+    lowers "blue", since the softmax raises the right answer and lowers all others. Asked about a blue circle, it
+    then answers with a colour circles had in training, whatever the image token says (the shortcut of the CLIP
+    loss, benchmarks/README.md, now in the language model). Leaving these pieces out of the loss at that position
+    (`answer_loss`'s ruled_out) keeps absence of evidence from becoming evidence of absence. It reads only the
+    training records, never the held-out list. ids, answer_mask (M, T) from `encode_qa` -> M sorted lists."""
+    first = (answer_mask.int().argmax(1))  # (M,): the position of each answer's first piece
+    pieces = ids.gather(1, first[:, None])[:, 0].tolist()  # (M,)
+    of_type: dict[str, set[int]] = defaultdict(set)
+    of_question: dict[str, set[int]] = defaultdict(set)
+    for record, piece in zip(records, pieces):
+        of_type[record["type"]].add(piece)
+        of_question[record["question"]].add(piece)
+    return [sorted(of_type[r["type"]] - of_question[r["question"]]) for r in records]
+
+
 def image_tokens(encoder: VisionEncoder, images: torch.Tensor, variant: str) -> torch.Tensor:
     """The tokens handed to the Thinker: "cls" -> projector(CLS) (B, 1, E); "all" -> projector on every token
     (B, N, E). images (B, C, H, W)."""
@@ -227,33 +255,50 @@ class QABatches:
     """Training batches of `batch_size` images, each image's question-answer pairs packed into one row after its
     tokens: the image is read once for all its questions (for 65 image tokens, ~3x less work per question).
     A pure function of (seed, step) as `data.Batches` makes them, so resuming is exact. batches(step) ->
-    (image tokens float (B, K, E), ids (B, T'), answer mask (B, T'), segments (B, T'): pair 1, 2, ..., -1 = pad)."""
+    (image tokens float (B, K, E), ids (B, T'), answer mask (B, T'), segments (B, T'): pair 1, 2, ..., -1 = pad),
+    and with `ruled_out` (per record, pieces left out of its first answer position's softmax: `unseen_answers`)
+    a fifth tensor (B, T', R) long, -1 where nothing is left out."""
 
     def __init__(self, tokens: torch.Tensor, records: Sequence[dict[str, Any]], ids: torch.Tensor,
-                 answer_mask: torch.Tensor, batch_size: int, seed: int = 0):
+                 answer_mask: torch.Tensor, batch_size: int, seed: int = 0,
+                 ruled_out: Sequence[Sequence[int]] | None = None):
         rows_of: dict[int, list[int]] = defaultdict(list)
         for m, record in enumerate(records):
             rows_of[record["image"]].append(m)
         self.tokens, self.images = tokens, sorted(rows_of)
         lengths = (ids != PAD_ID).sum(1).tolist()
-        self.rows = []  # per image: its pairs end to end, (ids, answer mask, segments), each (t,)
+        width = max((len(r) for r in ruled_out), default=0) if ruled_out is not None else 0
+        self.with_ruled_out = ruled_out is not None
+
+        def left_out(m: int) -> torch.Tensor:  # (t, R) int16: the record's pieces at its first answer position
+            out = torch.full((lengths[m], width), -1, dtype=torch.int16)
+            if width and ruled_out[m]:
+                out[int(answer_mask[m].int().argmax()), : len(ruled_out[m])] = torch.tensor(ruled_out[m])
+            return out
+
+        self.rows = []  # per image: its pairs end to end, (ids, answer mask, segments[, ruled out]), each (t, ...)
         for image in self.images:
             parts = [(ids[m, : lengths[m]], answer_mask[m, : lengths[m]], torch.full((lengths[m],), j + 1))
-                     for j, m in enumerate(rows_of[image])]
+                     + ((left_out(m),) if self.with_ruled_out else ()) for j, m in enumerate(rows_of[image])]
             self.rows.append(tuple(torch.cat(column) for column in zip(*parts)))
+        self.width = width
         self.order = Batches(self.images, batch_size, seed)
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, step: int) -> tuple[torch.Tensor, ...]:
         picks = self.order.indices(step).tolist()  # (B,)
         width = max(len(self.rows[p][0]) for p in picks)
         ids = torch.full((len(picks), width), PAD_ID, dtype=torch.long)  # (B, T')
         mask = torch.zeros(len(picks), width, dtype=torch.bool)  # (B, T')
         segments = torch.full((len(picks), width), -1, dtype=torch.long)  # (B, T')
+        ruled_out = torch.full((len(picks), width, self.width), -1, dtype=torch.long)  # (B, T', R)
         for b, p in enumerate(picks):
-            row_ids, row_mask, row_segments = self.rows[p]
+            row_ids, row_mask, row_segments, *row_out = self.rows[p]
             n = len(row_ids)
             ids[b, :n], mask[b, :n], segments[b, :n] = row_ids, row_mask, row_segments
-        return self.tokens[[self.images[p] for p in picks]].float(), ids, mask, segments
+            if row_out:
+                ruled_out[b, :n] = row_out[0]
+        batch = (self.tokens[[self.images[p] for p in picks]].float(), ids, mask, segments)
+        return batch + (ruled_out,) if self.with_ruled_out else batch
 
 
 @torch.no_grad()
@@ -380,11 +425,13 @@ def encoder_fingerprint(encoder: VisionEncoder) -> str:
 
 
 def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig = RECIPE, n_images: int = 3000,
-                  eval_images: int = 500, progress: bool = True) -> dict[str, Any]:
+                  eval_images: int = 500, progress: bool = True, rule_out_unseen: bool = True) -> dict[str, Any]:
     """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
     then score it on eval_images "heldout" images (colour-shape pairs never trained on) and as many "test" images
-    (new images of trained pairs: "seen_pairs"). -> {"model", "tokenizer", "encoder", "shapes", "history",
-    "metrics"}; metrics["train_seconds"] counts the tokenizer, the image tokens and the steps."""
+    (new images of trained pairs: "seen_pairs"). With `rule_out_unseen` (the default) the loss leaves out, for each
+    question, the answers it never had in training (`unseen_answers`); False trains a plain language model.
+    -> {"model", "tokenizer", "encoder", "shapes", "history", "metrics"}; metrics["train_seconds"] counts the
+    tokenizer, the image tokens and the steps."""
     encoder, shapes = load_clip_encoder(clip_run, train.device)
     started = time.perf_counter()
     train_set = ShapesDataset(n_images, shapes, "train", seed=train.seed)
@@ -396,15 +443,17 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     tokens = encode_scenes(encoder, train_set, variant, progress=progress)  # (n, K, E)
     torch.manual_seed(train.seed)
     model = Thinker(cfg)
-    history = fit(model, thinker_batch_loss, QABatches(tokens, records, ids, mask, train.batch_size, train.seed),
-                  train, progress=progress)
+    ruled_out = unseen_answers(records, ids, mask) if rule_out_unseen else None
+    batches = QABatches(tokens, records, ids, mask, train.batch_size, train.seed, ruled_out)
+    history = fit(model, thinker_batch_loss, batches, train, progress=progress)
     train_seconds = time.perf_counter() - started
     heldout = ShapesDataset(eval_images, shapes, "heldout", seed=train.seed)
     scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, heldout, variant), make_qa(heldout, train.seed))
     seen = ShapesDataset(eval_images, shapes, "test", seed=train.seed)  # new images of the pairs trained on
     seen_scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, seen, variant), make_qa(seen, train.seed))
     metrics = {**scores, "seen_pairs": {k: seen_scores[k] for k in ("accuracy", "one_object", "two_objects")},
-               "variant": variant, "image_tokens": K, "train_seconds": round(train_seconds, 1),
+               "variant": variant, "image_tokens": K, "rule_out_unseen": rule_out_unseen,
+               "train_seconds": round(train_seconds, 1),
                "steps": train.steps, "train_images": n_images, "train_questions": len(records),
                "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
     return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
@@ -479,6 +528,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     think.add_argument("--images", type=int, default=3000, help="training images (default 3000)")
     think.add_argument("--eval-images", type=int, default=500, help="held-out images scored at the end (default 500)")
     think.add_argument("--seed", type=int, default=RECIPE.seed)
+    think.add_argument("--keep-unseen-answers", action="store_true",
+                       help="train as a plain language model: every answer in the softmax, so it learns that a "
+                            "circle is never blue if training has no blue circle (default: leave such answers out)")
     think.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
     think.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     think.add_argument("--force", action="store_true", help="overwrite a Thinker in THINKER_DIR")
@@ -505,7 +557,8 @@ def cmd_think(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                            "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
-    result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet)
+    result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet,
+                           rule_out_unseen=not args.keep_unseen_answers)
     save_thinker(out, result, args.run)
     acc = result["metrics"]["accuracy"]
     print(f"held-out exact match ({args.variant}, {result['metrics']['image_tokens']} image token(s)): "
