@@ -65,6 +65,7 @@ def test_image_tokens_are_the_projected_cls_or_all_tokens():
     assert cls.shape == (3, 1, 32) and every.shape == (3, TINY_VIT.num_tokens, 32)
     torch.testing.assert_close(cls[:, 0], encoder(images))  # the chapter's (1, 256) is the encoder's output
     torch.testing.assert_close(every[:, :1], cls)
+    assert not cls.requires_grad and not every.requires_grad  # the encoder is frozen: no graph is kept
 
 
 def test_a_token_never_sees_later_tokens():

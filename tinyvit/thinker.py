@@ -151,7 +151,7 @@ def unseen_answers(records: Sequence[dict[str, Any]], ids: torch.Tensor, answer_
     loss, benchmarks/README.md, now in the language model). Leaving these pieces out of the loss at that position
     (`answer_loss`'s ruled_out) keeps absence of evidence from becoming evidence of absence. It reads only the
     training records, never the held-out list. ids, answer_mask (M, T) from `encode_qa` -> M sorted lists."""
-    first = (answer_mask.int().argmax(1))  # (M,): the position of each answer's first piece
+    first = answer_mask.int().argmax(1)  # (M,): the position of each answer's first piece
     pieces = ids.gather(1, first[:, None])[:, 0].tolist()  # (M,)
     of_type: dict[str, set[int]] = defaultdict(set)
     of_question: dict[str, set[int]] = defaultdict(set)
@@ -161,6 +161,7 @@ def unseen_answers(records: Sequence[dict[str, Any]], ids: torch.Tensor, answer_
     return [sorted(of_type[r["type"]] - of_question[r["question"]]) for r in records]
 
 
+@torch.no_grad()
 def image_tokens(encoder: VisionEncoder, images: torch.Tensor, variant: str) -> torch.Tensor:
     """The tokens handed to the Thinker: "cls" -> projector(CLS) (B, 1, E); "all" -> projector on every token
     (B, N, E). images (B, C, H, W)."""
