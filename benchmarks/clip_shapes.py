@@ -24,6 +24,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from shapes_variant import variant_items  # noqa: E402
 from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
 from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
 from tinyvit.data import (POSITIONS, HardNegativeBatches, ShapesConfig, ShapesDataset,  # noqa: E402
-                          caption_options, heldout_pairs, to_tensor)
+                          caption_options, heldout_pairs, object_name, to_tensor)
 from tinyvit.evaluate import (class_embeddings, embed_images, embed_texts, evaluate_shapes,  # noqa: E402
                               oracle_hits, shapes_prompts)
 from tinyvit.text import Tokenizer  # noqa: E402
@@ -91,6 +92,24 @@ def recall_breakdown(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) 
         out[f"{n}-object: top caption exact"] = sum(captions[top[i]] == captions[i] for i in rows) / len(rows)
         out[f"{n}-object: top caption true"] = sum(captions[top[i]] in truths[i] for i in rows) / len(rows)
         out[f"{n}-object: reference reader R@1"] = sum(reader[i] for i in rows) / len(rows)
+    # What a false top caption gets wrong on two-object scenes. Caption j was written for scene j, so its objects
+    # are scenes[top[i]]'s: no parsing. Shares of all two-object scenes.
+    rows = [i for i, scene in enumerate(scenes) if len(scene["objects"]) == 2]
+    misses = [(scenes[i]["objects"], scenes[top[i]]["objects"]) for i in rows if captions[top[i]] not in truths[i]]
+
+    def names(objects: list[dict]) -> list[str]:
+        return [object_name(o) for o in objects]
+
+    kinds = {"a one-object caption": sum(len(b) == 1 for _, b in misses),
+             "main object wrong": sum(len(b) == 2 and names(a)[0] != names(b)[0] for a, b in misses),
+             "other object wrong": sum(len(b) == 2 and names(a)[0] == names(b)[0] and names(a)[1] != names(b)[1]
+                                          for a, b in misses),
+             "relation or size wrong": sum(len(b) == 2 and names(a) == names(b) for a, b in misses)}
+    for kind, count in kinds.items():
+        out[f"2-object miss: {kind}"] = count / len(rows)
+    # Could a bag of words be the trouble? Distinct captions here with the same words in another order:
+    bags = Counter(tuple(sorted(c.split())) for c in set(captions))
+    out["captions sharing a bag of words"] = sum(bags[tuple(sorted(c.split()))] > 1 for c in captions) / len(captions)
     return out
 
 
@@ -127,7 +146,7 @@ def score_run(run_dir: str) -> None:
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})
     for key, value in row.items():
-        print(f"{key:34s} {value:.3f}")
+        print(f"{key:38s} {value:.3f}")
 
 
 def main() -> None:
