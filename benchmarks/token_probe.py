@@ -1,0 +1,111 @@
+"""What does a CLIP run's single image token carry? Linear probes on the frozen projector(CLS) token, the
+Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
+
+- one object: its colour and its shape, trained on "train" images, scored on new images of seen pairs and on the
+  held-out colour-shape pairs (a linear read-out that never saw a blue circle, asked for its colour);
+- two objects (seen pairs): "what colour is the <shape>?", one probe per shape, trained on two-object "train"
+  scenes that hold that shape and scored on "test" ones. A reader that knows which two colours are present but
+  not which belongs to the shape scores about 0.5, so a score above that means the token binds colour to shape;
+  beside it, how often the probe names the *other* object's colour.
+
+    python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--threads N]
+
+The Thinker reads the same token (benchmarks/thinker_qa.py): where a probe beats the Thinker, the token holds more
+than the language model learned to use.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
+from tinyvit.thinker import encode_scenes, load_clip_encoder
+
+
+def tokens_of(encoder, dataset: ShapesDataset) -> torch.Tensor:
+    """Frozen projector(CLS) tokens, normalised to length 1. -> (n, E)."""
+    return F.normalize(encode_scenes(encoder, dataset, "cls")[:, 0].float(), dim=-1)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500, seed: int = 0) -> torch.nn.Linear:
+    """A linear classifier on (n, E) features and (n,) labels, trained to convergence on the whole set."""
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(x.shape[1], classes)
+    optimiser = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        F.cross_entropy(probe(x) * 10, y).backward()  # x has length 1: a fixed scale of 10 lets the logits grow
+        optimiser.step()
+    return probe
+
+
+@torch.no_grad()
+def accuracy(probe: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (probe(x).argmax(1) == y).float().mean().item()
+
+
+def one_object(encoder, shapes: ShapesConfig, n: int) -> dict[str, dict[str, float]]:
+    """Colour and shape of single objects: {"colour": {"seen", "held-out"}, "shape": {...}}."""
+    cfg = dataclasses.replace(shapes, min_objects=1, max_objects=1)
+    sets = {split: ShapesDataset(size, cfg, split) for split, size in (("train", n), ("test", n // 4),
+                                                                        ("heldout", n // 4))}
+    x = {split: tokens_of(encoder, ds) for split, ds in sets.items()}
+    out = {}
+    for key, classes in (("colour", len(COLOURS)), ("shape", len(SHAPES))):
+        y = {split: ds.labels(key) for split, ds in sets.items()}
+        named = y["train"] >= 0  # colours without a name have no colour label
+        probe = fit_probe(x["train"][named], y["train"][named], classes)
+        out[key] = {"seen": accuracy(probe, x["test"], y["test"]),
+                    "held-out": accuracy(probe, x["heldout"], y["heldout"])}
+    return out
+
+
+def colour_of_shape(scenes: list[dict], x: torch.Tensor, shape: int) -> tuple[torch.Tensor, ...]:
+    """Two-object scenes holding `shape` once, in a named colour -> (tokens, its colour, the other's colour)."""
+    rows, its, other = [], [], []
+    for i, scene in enumerate(scenes):
+        mine = [o for o in scene["objects"] if o["shape"] == shape]
+        rest = [o for o in scene["objects"] if o["shape"] != shape]
+        if len(mine) == 1 and len(rest) == 1 and mine[0]["colour"] >= 0:
+            rows.append(i), its.append(mine[0]["colour"]), other.append(rest[0]["colour"])
+    return x[rows], torch.tensor(its), torch.tensor(other)
+
+
+def two_objects(encoder, shapes: ShapesConfig, n: int) -> dict[str, tuple[float, float]]:
+    """Per shape: (the probe names the shape's colour, it names the other object's colour), seen pairs."""
+    cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
+    train, test = ShapesDataset(n, cfg, "train"), ShapesDataset(n // 4, cfg, "test")
+    x_train, x_test = tokens_of(encoder, train), tokens_of(encoder, test)
+    out = {}
+    for k, name in enumerate(SHAPES):
+        xa, ya, _ = colour_of_shape(train.scenes(), x_train, k)
+        xb, yb, other = colour_of_shape(test.scenes(), x_test, k)
+        probe = fit_probe(xa, ya, len(COLOURS))
+        out[name] = (accuracy(probe, xb, yb), accuracy(probe, xb, other))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, metavar="CLIP_RUN_DIR")
+    parser.add_argument("--images", type=int, default=6000, help="training images per probe set (default 6000)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder, shapes = load_clip_encoder(args.run)
+    print(f"linear probes on the frozen projector(CLS) token of {args.run}")
+    for key, scores in one_object(encoder, shapes, args.images).items():
+        print(f"one object, its {key:6s}  seen pairs {scores['seen']:.2f}   held-out pairs {scores['held-out']:.2f}")
+    print("two objects (seen pairs), 'what colour is the <shape>?': the shape's colour / the other object's colour")
+    for name, (its, other) in two_objects(encoder, shapes, args.images).items():
+        print(f"  {name:9s} {its:.2f} / {other:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
