@@ -65,7 +65,7 @@ def test_image_tokens_are_the_projected_cls_or_all_tokens():
     assert cls.shape == (3, 1, 32) and every.shape == (3, TINY_VIT.num_tokens, 32)
     torch.testing.assert_close(cls[:, 0], encoder(images))  # the chapter's (1, 256) is the encoder's output
     torch.testing.assert_close(every[:, :1], cls)
-    assert not cls.requires_grad and not every.requires_grad  # the encoder is frozen: no graph is kept
+    assert not cls.requires_grad and not every.requires_grad  # no graph, even for an encoder that could learn
 
 
 def test_a_token_never_sees_later_tokens():
@@ -103,7 +103,8 @@ def test_ruled_out_pieces_leave_the_softmax_and_get_no_gradient():
     loss.backward()
     assert logits.grad[0, 4, [11, 12]].abs().sum() == 0 and logits.grad[0, 4, 13] != 0
     assert logits.grad[0, 5, 11] != 0  # only the named position leaves them out
-    torch.testing.assert_close(answer_loss(logits, ids, mask, torch.full((1, 8, 2), -1)), answer_loss(logits, ids, mask))
+    nothing_left_out = torch.full((1, 8, 2), -1)
+    torch.testing.assert_close(answer_loss(logits, ids, mask, nothing_left_out), answer_loss(logits, ids, mask))
 
 
 def test_unseen_answers_are_the_answers_of_a_type_a_question_never_had():
@@ -310,6 +311,14 @@ def runs(tmp_path_factory):
     image = root / "item.png"
     Image.fromarray(make_item(0, ShapesConfig(image_size=16), "heldout")["image"]).save(image)
     return {"root": root, "clip": clip_run, "thinker": thinker_run, "image": image}
+
+
+def test_think_leaves_unseen_answers_out_unless_asked_to_keep_them(runs):
+    assert json.loads((runs["thinker"] / "metrics.json").read_text())["rule_out_unseen"] is True
+    plain = runs["root"] / "plain"
+    assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(plain), "--steps", "2", "--batch-size", "4",
+                     "--images", "8", "--eval-images", "4", "--keep-unseen-answers", "--quiet"]) == 0
+    assert json.loads((plain / "metrics.json").read_text())["rule_out_unseen"] is False
 
 
 def ask(*args):

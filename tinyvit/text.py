@@ -171,7 +171,8 @@ class TextEncoder(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Trunc-normal(0.02) for embeddings, positions, Linear and pair-convolution weights; zero biases; LayerNorms at identity."""
+        """Trunc-normal(0.02) for embeddings, positions, Linear and pair-convolution weights; zero biases;
+        LayerNorms at identity."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)):
                 nn.init.trunc_normal_(module.weight, std=0.02)
