@@ -271,8 +271,8 @@ class QABatches:
         width = max((len(r) for r in ruled_out), default=0) if ruled_out is not None else 0
         self.with_ruled_out = ruled_out is not None
 
-        def left_out(m: int) -> torch.Tensor:  # (t, R) int16: the record's pieces at its first answer position
-            out = torch.full((lengths[m], width), -1, dtype=torch.int16)
+        def left_out(m: int) -> torch.Tensor:  # (t, R) int32: the record's pieces at its first answer position
+            out = torch.full((lengths[m], width), -1, dtype=torch.int32)
             if width and ruled_out[m]:
                 out[int(answer_mask[m].int().argmax()), : len(ruled_out[m])] = torch.tensor(ruled_out[m])
             return out
