@@ -6,7 +6,10 @@ Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
 - two objects (seen pairs): "what colour is the <shape>?", one probe per shape, trained on two-object "train"
   scenes that hold that shape and scored on "test" ones. A reader that knows which two colours are present but
   not which belongs to the shape scores about 0.5, so a score above that means the token binds colour to shape;
-  beside it, how often the probe names the *other* object's colour.
+  beside it, how often the probe names the *other* object's colour;
+- two objects, one reader for all shapes: a small MLP fed (the asked shape, one-hot; the token), trained on
+  batches of 256 questions, scored on the "test" scenes as it learns: how many examples it takes to read what the
+  token holds (the Thinker sees about 11 such questions a step).
 
     python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--threads N]
 
@@ -89,10 +92,44 @@ def two_objects(encoder, shapes: ShapesConfig, n: int) -> dict[str, tuple[float,
     return out
 
 
+def mlp_reader(encoder, shapes: ShapesConfig, n: int, steps: int, seed: int = 0) -> list[tuple[int, float]]:
+    """(questions seen, accuracy on "test" scenes) as an MLP learns "what colour is the <shape>?" from
+    [one-hot shape, token]: two hidden layers of 512 with GELU, AdamW 1e-3, batches of 256."""
+    cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
+    train, test = ShapesDataset(n, cfg, "train"), ShapesDataset(n // 4, cfg, "test")
+    x_train, x_test = tokens_of(encoder, train), tokens_of(encoder, test)
+
+    def questions(scenes: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, answers = [], []
+        for k in range(len(SHAPES)):
+            xs, ys, _ = colour_of_shape(scenes, x, k)
+            inputs.append(torch.cat([F.one_hot(torch.full((len(ys),), k), len(SHAPES)).float(), xs * 10], 1))
+            answers.append(ys)
+        return torch.cat(inputs), torch.cat(answers)
+
+    (xa, ya), (xb, yb) = questions(train.scenes(), x_train), questions(test.scenes(), x_test)
+    torch.manual_seed(seed)
+    hidden = 512
+    net = torch.nn.Sequential(torch.nn.Linear(xa.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
+                              torch.nn.GELU(), torch.nn.Linear(hidden, len(COLOURS)))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+    curve, marks = [], {steps // 32, steps // 16, steps // 8, steps // 4, steps // 2, steps}
+    for step in range(1, steps + 1):
+        batch = torch.randint(0, len(ya), (256,))
+        optimiser.zero_grad()
+        F.cross_entropy(net(xa[batch]), ya[batch]).backward()
+        optimiser.step()
+        if step in marks:
+            with torch.no_grad():
+                curve.append((step * 256, (net(xb).argmax(1) == yb).float().mean().item()))
+    return curve
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, metavar="CLIP_RUN_DIR")
     parser.add_argument("--images", type=int, default=6000, help="training images per probe set (default 6000)")
+    parser.add_argument("--mlp-steps", type=int, default=1000, help="steps of the MLP reader (default 1000)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -104,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     print("two objects (seen pairs), 'what colour is the <shape>?': the shape's colour / the other object's colour")
     for name, (its, other) in two_objects(encoder, shapes, args.images).items():
         print(f"  {name:9s} {its:.2f} / {other:.2f}")
+    print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour")
+    for seen, acc in mlp_reader(encoder, shapes, args.images, args.mlp_steps):
+        print(f"  {seen:>8,} {acc:.2f}")
     return 0
 
 
