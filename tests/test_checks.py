@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit import patchify
-from tinyvit.checks import (NOT_ATTEMPTED, QUESTIONS, Question, check_attention_head, check_info_nce,
-                            check_patchify, symmetric_info_nce)
+from tinyvit.checks import (NOT_ATTEMPTED, QUESTIONS, Question, check_answer_loss, check_attention_head,
+                            check_info_nce, check_patchify, symmetric_info_nce)
 
 
 def grade(checker, fn, capsys):
@@ -145,6 +145,40 @@ def test_check_info_nce_names_the_mistake(fn, words, capsys):
     ok, out = grade(check_info_nce, fn, capsys)
     assert not ok
     assert words in out
+
+
+# ---- the answer loss with left-out pieces (notebook 6) -------------------------------------------------
+
+def answer_loss_reference(logits, targets, left_out):
+    return F.cross_entropy(logits.masked_fill(left_out, float("-inf")), targets)
+
+
+def answer_loss_by_hand(logits, targets, left_out):  # the same, written out: -log(e^target / sum of kept e^logit)
+    kept = logits.exp() * ~left_out
+    return -(kept[torch.arange(len(targets)), targets] / kept.sum(1)).log().mean()
+
+
+@pytest.mark.parametrize("fn", [answer_loss_reference, answer_loss_by_hand,
+                                lambda l, t, m: answer_loss_reference(l, t, m).reshape(1)])
+def test_check_answer_loss_accepts_correct_forms(fn, capsys):
+    ok, out = grade(check_answer_loss, fn, capsys)
+    assert ok and out.startswith("correct")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda l, t, m: F.cross_entropy(l, t), "plain cross-entropy"),
+    (lambda l, t, m: F.cross_entropy(l.masked_fill(m, 0.0), t), "a logit of 0 still counts"),
+    (lambda l, t, m: F.cross_entropy(l.masked_fill(~m, float("-inf")), t), "not finite"),
+    (lambda l, t, m: F.cross_entropy(l.masked_fill(~m, -1e9), t), "wrong way round"),
+    (lambda l, t, m: F.cross_entropy(l.masked_fill(m, float("-inf")), t, reduction="sum"), "average over the rows"),
+    (lambda l, t, m: F.cross_entropy(l.masked_fill(m, float("-inf")), t, reduction="none"), "one number"),
+    (lambda l, t, m: -F.cross_entropy(l.masked_fill(m, float("-inf")), t), "differs"),  # the sign
+    (lambda l, t, m: None, "not attempted"),
+])
+def test_check_answer_loss_names_the_mistake(fn, words, capsys):
+    ok, out = grade(check_answer_loss, fn, capsys)
+    assert not ok and words in out
+    assert "masked_fill" not in out and "cross_entropy(" not in out  # a hint, never the answer
 
 
 # ---- quiz questions -------------------------------------------------------------------------------------

@@ -126,6 +126,45 @@ def symmetric_info_nce(logits: torch.Tensor) -> torch.Tensor:
     return (image_to_text + text_to_image) / 2
 
 
+def check_answer_loss(fn: Callable) -> bool:
+    """Grade `fn(logits, targets, left_out)`: the mean cross-entropy of (M, V) logits against (M,) target pieces,
+    where the pieces marked True in the (M, V) bool `left_out` take no part in that row's softmax (notebook 6's
+    cure for the language model's shortcut) -> scalar."""
+    generator = torch.Generator().manual_seed(3)
+    for M, V in ((5, 7), (3, 4)):
+        logits = torch.randn(M, V, generator=generator) * 2
+        targets = torch.randint(0, V, (M,), generator=generator)
+        left_out = torch.rand(M, V, generator=generator) < 0.3
+        left_out[torch.arange(M), targets] = False  # a row's own answer is never left out
+        left_out[0] = False  # one row leaves nothing out
+        expected = F.cross_entropy(logits.masked_fill(left_out, float("-inf")), targets)
+        got = _call(fn, logits.clone(), targets.clone(), left_out.clone())
+        if not isinstance(got, torch.Tensor):
+            return _fail(got)
+        if got.numel() != 1:
+            return _fail(f"expected one number (a 0-d tensor), got a tensor of shape {tuple(got.shape)}: "
+                         "average over the rows")
+        got = got.reshape(())
+        if _close(got, expected):
+            continue
+        if not torch.isfinite(got):
+            return _fail("the loss is not finite: a left-out piece must drop out of the sum of exponentials, and "
+                         "the right answer must never be left out")
+        if _close(got, F.cross_entropy(logits, targets)):
+            return _fail("this is the plain cross-entropy: the left-out pieces still take part in the softmax")
+        if _close(got, F.cross_entropy(logits.masked_fill(left_out, 0.0), targets)):
+            return _fail("a logit of 0 still counts in the softmax (e^0 = 1): a left-out piece needs e^logit = 0")
+        if _close(got, F.cross_entropy(logits.masked_fill(~left_out, float("-inf")).nan_to_num(neginf=-1e9),
+                                       targets)):
+            return _fail("the mask is the wrong way round: True marks the pieces to leave out")
+        if _close(got, M * expected):
+            return _fail(f"the loss is {M}x too large: average over the rows instead of summing")
+        return _fail(f"the value differs from the expected loss ({M} rows, {V} pieces): each row's softmax runs "
+                     "over the pieces it keeps, and the loss is -log of the target's probability")
+    print("correct: the cross-entropy with left-out answers")
+    return True
+
+
 @dataclass(frozen=True)
 class Question:
     """A multiple-choice question: one correct option, and feedback for every option."""
