@@ -3,7 +3,7 @@ single projector(CLS) token or (b) the projector applied to all N tokens, and sc
 held-out colour-shape pairs, per question type and for one- and two-object scenes.
 
     python benchmarks/thinker_qa.py --run CLIP_RUN_DIR [--out DIR] [--steps N] [--images N] [--threads N]
-                                    [--keep-unseen-answers]
+                                    [--keep-unseen-answers] [--whiten]
 
 --keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
 question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=["cls", "all"], choices=["cls", "all"])
     parser.add_argument("--keep-unseen-answers", action="store_true", help="train plain language models")
+    parser.add_argument("--whiten", action="store_true", help="whiten the image tokens (Thinker.set_whitening)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for variant in args.variants:
         result = train_thinker(args.run, variant, train, args.images, args.eval_images, progress=sys.stderr.isatty(),
-                               rule_out_unseen=not args.keep_unseen_answers)
+                               rule_out_unseen=not args.keep_unseen_answers, whiten=args.whiten)
         results[variant] = result["metrics"]
         if args.out:
             save_thinker(args.out / variant, result, args.run)

@@ -9,7 +9,8 @@ Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
   beside it, how often the probe names the *other* object's colour;
 - two objects, one reader for all shapes: a small MLP fed (the asked shape, one-hot; the token), trained on
   batches of 256 questions, scored on the "test" scenes as it learns: how many examples it takes to read what the
-  token holds (the Thinker sees about 11 such questions a step).
+  token holds (the Thinker sees about 11 such questions a step). Twice: on the token as it is, and whitened with
+  the statistics of ordinary training images (`tinyvit.thinker.whitening`, what `think --whiten` does).
 
     python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--threads N]
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
-from tinyvit.thinker import encode_scenes, load_clip_encoder
+from tinyvit.thinker import encode_scenes, load_clip_encoder, whitening
 
 
 def tokens_of(encoder, dataset: ShapesDataset) -> torch.Tensor:
@@ -92,18 +93,25 @@ def two_objects(encoder, shapes: ShapesConfig, n: int) -> dict[str, tuple[float,
     return out
 
 
-def mlp_reader(encoder, shapes: ShapesConfig, n: int, steps: int, seed: int = 0) -> list[tuple[int, float]]:
+def mlp_reader(encoder, shapes: ShapesConfig, n: int, steps: int, whiten: bool = False, seed: int = 0
+               ) -> list[tuple[int, float]]:
     """(questions seen, accuracy on "test" scenes) as an MLP learns "what colour is the <shape>?" from
-    [one-hot shape, token]: two hidden layers of 512 with GELU, AdamW 1e-3, batches of 256."""
+    [one-hot shape, token]: two hidden layers of 512 with GELU, AdamW 1e-3, batches of 256. The token is scaled to
+    length 10, or with `whiten` whitened with the mean and covariance of n ordinary training images' tokens."""
     cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
     train, test = ShapesDataset(n, cfg, "train"), ShapesDataset(n // 4, cfg, "test")
     x_train, x_test = tokens_of(encoder, train), tokens_of(encoder, test)
+    if whiten:
+        mean, whitener = whitening(tokens_of(encoder, ShapesDataset(n, shapes, "train", seed=1)))
+        x_train, x_test = (x_train - mean) @ whitener, (x_test - mean) @ whitener
+    else:
+        x_train, x_test = x_train * 10, x_test * 10
 
     def questions(scenes: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, answers = [], []
         for k in range(len(SHAPES)):
             xs, ys, _ = colour_of_shape(scenes, x, k)
-            inputs.append(torch.cat([F.one_hot(torch.full((len(ys),), k), len(SHAPES)).float(), xs * 10], 1))
+            inputs.append(torch.cat([F.one_hot(torch.full((len(ys),), k), len(SHAPES)).float(), xs], 1))
             answers.append(ys)
         return torch.cat(inputs), torch.cat(answers)
 
@@ -141,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     print("two objects (seen pairs), 'what colour is the <shape>?': the shape's colour / the other object's colour")
     for name, (its, other) in two_objects(encoder, shapes, args.images).items():
         print(f"  {name:9s} {its:.2f} / {other:.2f}")
-    print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour")
-    for seen, acc in mlp_reader(encoder, shapes, args.images, args.mlp_steps):
-        print(f"  {seen:>8,} {acc:.2f}")
+    print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour, "
+          "token as it is / whitened")
+    curves = [mlp_reader(encoder, shapes, args.images, args.mlp_steps, whiten) for whiten in (False, True)]
+    for (seen, raw), (_, white) in zip(*curves):
+        print(f"  {seen:>8,} {raw:.2f} / {white:.2f}")
     return 0
 
 

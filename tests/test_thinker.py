@@ -18,7 +18,8 @@ from tinyvit.model import VisionEncoder
 from tinyvit.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tinyvit.thinker import (
     QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, greedy_matches, image_tokens,
-    make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer, unseen_answers,
+    load_thinker, make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer, unseen_answers,
+    whitening,
 )
 from tinyvit.train import fit, load_checkpoint, save_checkpoint
 
@@ -88,6 +89,44 @@ def test_loss_reads_only_answer_tokens():
     loss.backward()
     used = logits.grad.abs().sum(-1)[0] > 0
     assert used.tolist() == [False, False, False, False, True, True, True, False, False]
+
+
+def test_whitening_gives_the_training_tokens_unit_variance_in_every_direction_they_use():
+    # Tokens that use 6 of 32 directions, with variances from 100 down to 1e-4, and an offset.
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 6, generator=generator))[0]  # (32, 6) orthonormal columns
+    scales = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.1, 0.01])
+    tokens = (torch.randn(4000, 6, generator=generator) * scales) @ basis.T + 5.0  # (4000, 32)
+    model = Thinker(dataclasses.replace(TINY, whiten=True))
+    assert torch.equal(model.image_whitener, torch.eye(32))  # identity until set
+    model.set_whitening(tokens[:, None], eps=1e-8)
+    white = (tokens - model.image_mean) @ model.image_whitener  # (4000, 32)
+    variances = torch.linalg.eigvalsh(torch.cov(white.T.double()))
+    torch.testing.assert_close(variances[-6:], torch.ones(6, dtype=torch.float64), atol=0.02, rtol=0)  # all alike
+    assert variances[:-6].abs().max() < 1e-3  # the 26 unused directions stay at ~0
+    torch.testing.assert_close(white.mean(0), torch.zeros(32), atol=1e-3, rtol=0)
+    # The whitened token is what the image LayerNorm reads, and the buffers travel in the state dict.
+    ids = torch.ones(2, 3, dtype=torch.long)
+    image = tokens[:2, None]
+    expected = model.image_norm(white[:2]) + model.pos_embed[0, 0]
+    torch.testing.assert_close(model.embed(image, ids)[:, 0], expected, atol=1e-4, rtol=1e-4)
+    clone = Thinker(dataclasses.replace(TINY, whiten=True))
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.embed(image, ids), model.embed(image, ids))
+    assert "image_whitener" not in Thinker(TINY).state_dict()  # off by default: older Thinkers load unchanged
+    with pytest.raises(ValueError, match="whiten=False"):
+        Thinker(TINY).set_whitening(tokens[:, None])
+    with pytest.raises(ValueError, match="whiten must be True or False"):
+        ThinkerConfig(whiten="yes")
+
+
+def test_whitening_in_chunks_equals_the_covariance_in_one_piece():
+    tokens = torch.randn(70_000, 4, generator=torch.Generator().manual_seed(1)) * torch.tensor([3.0, 1.0, 0.5, 0.1])
+    mean, whitener = whitening(tokens, eps=1e-6)  # 70,000 rows: two chunks
+    variances, vectors = torch.linalg.eigh(torch.cov(tokens.T.double()))
+    expected = vectors @ torch.diag((variances + 1e-6 * variances.max()).rsqrt()) @ vectors.T
+    torch.testing.assert_close(mean, tokens.double().mean(0).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(whitener, expected.float(), atol=1e-4, rtol=1e-4)
 
 
 def test_ruled_out_pieces_leave_the_softmax_and_get_no_gradient():
@@ -319,6 +358,14 @@ def test_think_leaves_unseen_answers_out_unless_asked_to_keep_them(runs):
     assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(plain), "--steps", "2", "--batch-size", "4",
                      "--images", "8", "--eval-images", "4", "--keep-unseen-answers", "--quiet"]) == 0
     assert json.loads((plain / "metrics.json").read_text())["rule_out_unseen"] is False
+
+
+def test_think_whiten_stores_the_whitening_with_the_thinker(runs):
+    white = runs["root"] / "white"
+    assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(white), "--steps", "2", "--batch-size", "4",
+                     "--images", "8", "--eval-images", "4", "--whiten", "--quiet"]) == 0
+    model, _, _ = load_thinker(white)
+    assert model.cfg.whiten and not torch.equal(model.image_whitener, torch.eye(model.cfg.dim))
 
 
 def ask(*args):

@@ -230,8 +230,14 @@ class ThinkerConfig(DictConfig):
     variant: str = "cls"  # "cls": the chapter's projector(CLS), 1 image token; "all": projector on all N tokens
     image_tokens: int = 1  # 1 for "cls"; the CLIP encoder's N (65 at 64x64 with 8x8 patches, 197 at 224/16) for "all"
     context_length: int = 40  # text tokens: BOS, question, EOS, answer, EOS
+    # Whiten the image tokens with the mean and covariance of the training images' tokens (a fixed linear map,
+    # set by Thinker.set_whitening) before the image LayerNorm: every direction of the token then has the same
+    # scale, the faint ones too (see thinker.whitening).
+    whiten: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.whiten, bool):
+            raise ValueError(f"ThinkerConfig.whiten must be True or False, got {self.whiten!r}")
         if self.variant not in ("cls", "all"):
             raise ValueError(f"ThinkerConfig.variant must be 'cls' or 'all', got {self.variant!r}")
         for name in ("vocab_size", "dim", "depth", "heads", "mlp_dim", "image_tokens", "context_length"):

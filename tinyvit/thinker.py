@@ -38,6 +38,7 @@ QUESTION_TYPES = ("shape", "colour", "position", "describe")
 THINKER_FILE = "thinker.pt"
 # batch_size counts images, each with all its questions (~5.5). On the shared 2-core CPU (one thread) these
 # 600 steps took 76-111 s for "cls" and 133-146 s for "all" (65 image tokens at 64x64); benchmarks/thinker_qa.py.
+WHITEN_EPS = 1e-4  # Thinker.set_whitening: directions with less than 1e-4 of the top variance are not amplified
 RECIPE = TrainConfig(steps=600, batch_size=16, lr=3e-3, weight_decay=0.05, warmup_steps=30, eval_every=0)
 
 
@@ -67,6 +68,17 @@ class Thinker(nn.Module):
                     nn.init.zeros_(module.bias)
         trunc_normal(self.pos_embed)
         nn.init.constant_(self.image_norm.weight, 0.02)
+        if cfg.whiten:  # identity until set_whitening; buffers, so they are saved and loaded with the weights
+            self.register_buffer("image_mean", torch.zeros(cfg.dim))
+            self.register_buffer("image_whitener", torch.eye(cfg.dim))
+
+    def set_whitening(self, tokens: torch.Tensor, eps: float = WHITEN_EPS) -> None:
+        """Fix the whitening from the training images' tokens (n, K, D) (`whitening`); needs cfg.whiten."""
+        if not self.cfg.whiten:
+            raise ValueError("this Thinker was built with whiten=False: set ThinkerConfig(whiten=True) first")
+        mean, whitener = whitening(tokens, eps)
+        self.image_mean.copy_(mean)
+        self.image_whitener.copy_(whitener)
 
     def embed(self, image_tokens: torch.Tensor, ids: torch.Tensor, segments: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -78,7 +90,10 @@ class Thinker(nn.Module):
                              f"{self.cfg.variant!r}, got {tuple(image_tokens.shape)}")
         if ids.dim() != 2 or ids.shape[0] != B:
             raise ValueError(f"expected ids (B={B}, T), got {tuple(ids.shape)}")
-        image = self.image_norm(image_tokens.to(self.pos_embed.dtype))  # (B, K, D)
+        image = image_tokens.to(self.pos_embed.dtype)  # (B, K, D)
+        if self.cfg.whiten:
+            image = (image - self.image_mean) @ self.image_whitener
+        image = self.image_norm(image)  # (B, K, D)
         x = torch.cat([image, self.token_embed(ids)], dim=1)  # (B, K + T, D)
         T = ids.shape[1]
         text_positions = torch.arange(T, device=ids.device).expand(B, T) if segments is None else \
@@ -105,6 +120,27 @@ class Thinker(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask=allowed)[0]
         return self.head(self.norm(x))  # (B, L, V)
+
+
+@torch.no_grad()
+def whitening(tokens: torch.Tensor, eps: float = WHITEN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (D,), W (D, D)) that whiten tokens (..., D): x -> (x - mean) W, with W = V diag((l + eps l_max)^-1/2) V^T
+    from the eigen-decomposition V diag(l) V^T of their covariance.
+
+    The projector's 256 numbers span at most 128 directions (it maps the 128-d CLS), and their variances differ by
+    orders of magnitude: shape and colour take the large ones, which colour belongs to which of two objects lives
+    in faint ones. Whitened, each direction the tokens use has variance ~1, so a reader learns the faint ones as
+    fast as the strong; eps keeps the unused directions (variance ~0) near 0."""
+    flat = tokens.reshape(-1, tokens.shape[-1])  # (rows, D)
+    total, outer = torch.zeros(flat.shape[1], dtype=torch.float64), 0
+    for chunk in flat.split(65536):  # in float64, a chunk at a time: the "all" variant has n * N rows
+        chunk = chunk.double()
+        total, outer = total + chunk.sum(0), outer + chunk.T @ chunk
+    mean = total / len(flat)  # (D,)
+    covariance = (outer - len(flat) * torch.outer(mean, mean)) / (len(flat) - 1)  # (D, D)
+    variances, vectors = torch.linalg.eigh(covariance)  # ascending, (D,), (D, D)
+    scale = (variances.clamp(min=0) + eps * variances.max()).rsqrt()  # (D,)
+    return mean.float(), (vectors @ torch.diag(scale) @ vectors.T).float()
 
 
 def _positions_in_segments(segments: torch.Tensor) -> torch.Tensor:
@@ -426,11 +462,13 @@ def encoder_fingerprint(encoder: VisionEncoder) -> str:
 
 
 def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig = RECIPE, n_images: int = 3000,
-                  eval_images: int = 500, progress: bool = True, rule_out_unseen: bool = True) -> dict[str, Any]:
+                  eval_images: int = 500, progress: bool = True, rule_out_unseen: bool = True,
+                  whiten: bool = False) -> dict[str, Any]:
     """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
     then score it on eval_images "heldout" images (colour-shape pairs never trained on) and as many "test" images
     (new images of trained pairs: "seen_pairs"). With `rule_out_unseen` (the default) the loss leaves out, for each
     question, the answers it never had in training (`unseen_answers`); False trains a plain language model.
+    `whiten` whitens the image tokens with the training images' statistics (`Thinker.set_whitening`).
     -> {"model", "tokenizer", "encoder", "shapes", "history", "metrics"}; metrics["train_seconds"] counts the
     tokenizer, the image tokens and the steps."""
     encoder, shapes = load_clip_encoder(clip_run, train.device)
@@ -438,12 +476,15 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     train_set = ShapesDataset(n_images, shapes, "train", seed=train.seed)
     tokenizer = train_tokenizer(train_set, seed=train.seed)
     K = 1 if variant == "cls" else encoder.cfg.num_tokens
-    cfg = ThinkerConfig(vocab_size=tokenizer.vocab_size, dim=encoder.cfg.out_dim, variant=variant, image_tokens=K)
+    cfg = ThinkerConfig(vocab_size=tokenizer.vocab_size, dim=encoder.cfg.out_dim, variant=variant, image_tokens=K,
+                        whiten=whiten)
     records = make_qa(train_set, seed=train.seed)
     ids, mask = encode_qa(tokenizer, records, cfg.context_length)
     tokens = encode_scenes(encoder, train_set, variant, progress=progress)  # (n, K, E)
     torch.manual_seed(train.seed)
     model = Thinker(cfg)
+    if whiten:
+        model.set_whitening(tokens.float())
     ruled_out = unseen_answers(records, ids, mask) if rule_out_unseen else None
     batches = QABatches(tokens, records, ids, mask, train.batch_size, train.seed, ruled_out)
     history = fit(model, thinker_batch_loss, batches, train, progress=progress)
@@ -532,6 +573,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     think.add_argument("--keep-unseen-answers", action="store_true",
                        help="train as a plain language model: every answer in the softmax, so it learns that a "
                             "circle is never blue if training has no blue circle (default: leave such answers out)")
+    think.add_argument("--whiten", action="store_true",
+                       help="whiten the image tokens with the training images' mean and covariance first")
     think.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu")
     think.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     think.add_argument("--force", action="store_true", help="overwrite a Thinker in THINKER_DIR")
@@ -559,7 +602,7 @@ def cmd_think(args: argparse.Namespace) -> int:
     train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                            "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
     result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet,
-                           rule_out_unseen=not args.keep_unseen_answers)
+                           rule_out_unseen=not args.keep_unseen_answers, whiten=args.whiten)
     save_thinker(out, result, args.run)
     acc = result["metrics"]["accuracy"]
     print(f"held-out exact match ({args.variant}, {result['metrics']['image_tokens']} image token(s)): "
