@@ -484,7 +484,7 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     torch.manual_seed(train.seed)
     model = Thinker(cfg)
     if whiten:
-        model.set_whitening(tokens.float())
+        model.set_whitening(tokens)  # (n, K, E) float16: `whitening` reads it in float64 chunks
     ruled_out = unseen_answers(records, ids, mask) if rule_out_unseen else None
     batches = QABatches(tokens, records, ids, mask, train.batch_size, train.seed, ruled_out)
     history = fit(model, thinker_batch_loss, batches, train, progress=progress)
