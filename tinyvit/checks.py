@@ -90,13 +90,9 @@ def check_info_nce(fn: Callable) -> bool:
         text_emb = F.normalize(torch.randn(B, E, generator=generator), dim=-1)
         logits = image_emb @ text_emb.T  # (B, B): row i is image i against every caption
         expected = symmetric_info_nce(logits / temperature)
-        got = _call(fn, image_emb.clone(), text_emb.clone(), temperature)
-        if not isinstance(got, torch.Tensor):
+        got = _scalar(_call(fn, image_emb.clone(), text_emb.clone(), temperature), over="the batch")
+        if isinstance(got, str):
             return _fail(got)
-        if got.numel() != 1:
-            return _fail(f"expected one number (a 0-d tensor), got a tensor of shape {tuple(got.shape)}: "
-                         "average over the batch")
-        got = got.reshape(())
         if _close(got, expected):
             continue
         targets = torch.arange(B)
@@ -138,13 +134,9 @@ def check_answer_loss(fn: Callable) -> bool:
         left_out[torch.arange(M), targets] = False  # a row's own answer is never left out
         left_out[0] = False  # one row leaves nothing out
         expected = F.cross_entropy(logits.masked_fill(left_out, float("-inf")), targets)
-        got = _call(fn, logits.clone(), targets.clone(), left_out.clone())
-        if not isinstance(got, torch.Tensor):
+        got = _scalar(_call(fn, logits.clone(), targets.clone(), left_out.clone()), over="the rows")
+        if isinstance(got, str):
             return _fail(got)
-        if got.numel() != 1:
-            return _fail(f"expected one number (a 0-d tensor), got a tensor of shape {tuple(got.shape)}: "
-                         "average over the rows")
-        got = got.reshape(())
         if _close(got, expected):
             continue
         if not torch.isfinite(got):
@@ -206,6 +198,15 @@ def _call(fn: Callable, *args):
     if not isinstance(got, torch.Tensor):
         return f"expected a torch.Tensor, got {type(got).__name__}"
     return got
+
+
+def _scalar(got, over: str):
+    """A loss grader's view of `_call`'s result: the 0-d tensor, or the message saying why there is none."""
+    if not isinstance(got, torch.Tensor):
+        return got
+    if got.numel() != 1:
+        return f"expected one number (a 0-d tensor), got a tensor of shape {tuple(got.shape)}: average over {over}"
+    return got.reshape(())
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
