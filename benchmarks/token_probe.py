@@ -79,31 +79,34 @@ def colour_of_shape(scenes: list[dict], x: torch.Tensor, shape: int) -> tuple[to
     return x[rows], torch.tensor(its), torch.tensor(other)
 
 
-def two_objects(encoder, shapes: ShapesConfig, n: int) -> dict[str, tuple[float, float]]:
-    """Per shape: (the probe names the shape's colour, it names the other object's colour), seen pairs."""
+def two_object_sets(encoder, shapes: ShapesConfig, n: int) -> tuple[list[dict], torch.Tensor, list[dict], torch.Tensor]:
+    """n "train" and n / 4 "test" scenes of two named objects: (train scenes, their tokens, test scenes, tokens)."""
     cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
     train, test = ShapesDataset(n, cfg, "train"), ShapesDataset(n // 4, cfg, "test")
-    x_train, x_test = tokens_of(encoder, train), tokens_of(encoder, test)
+    return train.scenes(), tokens_of(encoder, train), test.scenes(), tokens_of(encoder, test)
+
+
+def two_objects(sets: tuple) -> dict[str, tuple[float, float]]:
+    """Per shape: (the probe names the shape's colour, it names the other object's colour), seen pairs."""
+    train_scenes, x_train, test_scenes, x_test = sets
     out = {}
     for k, name in enumerate(SHAPES):
-        xa, ya, _ = colour_of_shape(train.scenes(), x_train, k)
-        xb, yb, other = colour_of_shape(test.scenes(), x_test, k)
+        xa, ya, _ = colour_of_shape(train_scenes, x_train, k)
+        xb, yb, other = colour_of_shape(test_scenes, x_test, k)
         probe = fit_probe(xa, ya, len(COLOURS))
         out[name] = (accuracy(probe, xb, yb), accuracy(probe, xb, other))
     return out
 
 
-def mlp_reader(encoder, shapes: ShapesConfig, n: int, steps: int, whiten: bool = False, seed: int = 0
+def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0
                ) -> list[tuple[int, float]]:
     """(questions seen, accuracy on "test" scenes) as an MLP learns "what colour is the <shape>?" from
     [one-hot shape, token]: two hidden layers of 512 with GELU, AdamW 1e-3, batches of 256. The token is scaled to
-    length 10, or with `whiten` whitened with the mean and covariance of n ordinary training images' tokens."""
-    cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
-    train, test = ShapesDataset(n, cfg, "train"), ShapesDataset(n // 4, cfg, "test")
-    x_train, x_test = tokens_of(encoder, train), tokens_of(encoder, test)
-    if whiten:
-        mean, whitener = whitening(tokens_of(encoder, ShapesDataset(n, shapes, "train", seed=1)))
-        x_train, x_test = (x_train - mean) @ whitener, (x_test - mean) @ whitener
+    length 10, or whitened with `whitener` = (mean, W) from `tinyvit.thinker.whitening`."""
+    train_scenes, x_train, test_scenes, x_test = sets
+    if whitener is not None:
+        mean, w = whitener
+        x_train, x_test = (x_train - mean) @ w, (x_test - mean) @ w
     else:
         x_train, x_test = x_train * 10, x_test * 10
 
@@ -115,7 +118,7 @@ def mlp_reader(encoder, shapes: ShapesConfig, n: int, steps: int, whiten: bool =
             answers.append(ys)
         return torch.cat(inputs), torch.cat(answers)
 
-    (xa, ya), (xb, yb) = questions(train.scenes(), x_train), questions(test.scenes(), x_test)
+    (xa, ya), (xb, yb) = questions(train_scenes, x_train), questions(test_scenes, x_test)
     torch.manual_seed(seed)
     hidden = 512
     net = torch.nn.Sequential(torch.nn.Linear(xa.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
@@ -147,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, scores in one_object(encoder, shapes, args.images).items():
         print(f"one object, its {key:6s}  seen pairs {scores['seen']:.2f}   held-out pairs {scores['held-out']:.2f}")
     print("two objects (seen pairs), 'what colour is the <shape>?': the shape's colour / the other object's colour")
-    for name, (its, other) in two_objects(encoder, shapes, args.images).items():
+    sets = two_object_sets(encoder, shapes, args.images)
+    for name, (its, other) in two_objects(sets).items():
         print(f"  {name:9s} {its:.2f} / {other:.2f}")
     print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour, "
           "token as it is / whitened")
-    curves = [mlp_reader(encoder, shapes, args.images, args.mlp_steps, whiten) for whiten in (False, True)]
+    ordinary = whitening(tokens_of(encoder, ShapesDataset(args.images, shapes, "train", seed=1)))  # the Thinker's mix
+    curves = [mlp_reader(sets, args.mlp_steps, whitener) for whitener in (None, ordinary)]
     for (seen, raw), (_, white) in zip(*curves):
         print(f"  {seen:>8,} {raw:.2f} / {white:.2f}")
     return 0
