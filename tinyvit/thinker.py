@@ -177,6 +177,12 @@ def thinker_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tor
     return answer_loss(model(image_tokens, ids, segments), ids, answer_mask, rest[1] if len(rest) > 1 else None)
 
 
+def first_answer_positions(answer_mask: torch.Tensor) -> torch.Tensor:
+    """Where each record's answer starts: (M, T) bool from `encode_qa` -> (M,) long. The loss leaves unseen
+    answers out at this position only."""
+    return answer_mask.int().argmax(1)
+
+
 def unseen_answers(records: Sequence[dict[str, Any]], ids: torch.Tensor, answer_mask: torch.Tensor
                    ) -> list[list[int]]:
     """Per record, the first answer pieces that answer other questions of its type in these records but never its
@@ -188,8 +194,7 @@ def unseen_answers(records: Sequence[dict[str, Any]], ids: torch.Tensor, answer_
     loss, benchmarks/README.md, now in the language model). Leaving these pieces out of the loss at that position
     (`answer_loss`'s ruled_out) keeps absence of evidence from becoming evidence of absence. It reads only the
     training records, never the held-out list. ids, answer_mask (M, T) from `encode_qa` -> M sorted lists."""
-    first = answer_mask.int().argmax(1)  # (M,): the position of each answer's first piece
-    pieces = ids.gather(1, first[:, None])[:, 0].tolist()  # (M,)
+    pieces = ids.gather(1, first_answer_positions(answer_mask)[:, None])[:, 0].tolist()  # (M,)
     of_type: dict[str, set[int]] = defaultdict(set)
     of_question: dict[str, set[int]] = defaultdict(set)
     for record, piece in zip(records, pieces):
@@ -305,13 +310,13 @@ class QABatches:
             rows_of[record["image"]].append(m)
         self.tokens, self.images = tokens, sorted(rows_of)
         lengths = (ids != PAD_ID).sum(1).tolist()
-        width = max((len(r) for r in ruled_out), default=0) if ruled_out is not None else 0
         self.with_ruled_out = ruled_out is not None
+        self.width = max(map(len, ruled_out), default=0) if self.with_ruled_out else 0  # R
+        first = first_answer_positions(answer_mask).tolist()  # (M,)
 
         def left_out(m: int) -> torch.Tensor:  # (t, R) int32: the record's pieces at its first answer position
-            out = torch.full((lengths[m], width), -1, dtype=torch.int32)
-            if width and ruled_out[m]:
-                out[int(answer_mask[m].int().argmax()), : len(ruled_out[m])] = torch.tensor(ruled_out[m])
+            out = torch.full((lengths[m], self.width), -1, dtype=torch.int32)
+            out[first[m], : len(ruled_out[m])] = torch.tensor(ruled_out[m], dtype=torch.int32)
             return out
 
         self.rows = []  # per image: its pairs end to end, (ids, answer mask, segments[, ruled out]), each (t, ...)
@@ -319,7 +324,6 @@ class QABatches:
             parts = [(ids[m, : lengths[m]], answer_mask[m, : lengths[m]], torch.full((lengths[m],), j + 1))
                      + ((left_out(m),) if self.with_ruled_out else ()) for j, m in enumerate(rows_of[image])]
             self.rows.append(tuple(torch.cat(column) for column in zip(*parts)))
-        self.width = width
         self.order = Batches(self.images, batch_size, seed)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, ...]:
@@ -328,15 +332,14 @@ class QABatches:
         ids = torch.full((len(picks), width), PAD_ID, dtype=torch.long)  # (B, T')
         mask = torch.zeros(len(picks), width, dtype=torch.bool)  # (B, T')
         segments = torch.full((len(picks), width), -1, dtype=torch.long)  # (B, T')
-        ruled_out = torch.full((len(picks), width, self.width), -1, dtype=torch.long)  # (B, T', R)
+        columns = [ids, mask, segments]
+        if self.with_ruled_out:
+            columns.append(torch.full((len(picks), width, self.width), -1, dtype=torch.long))  # (B, T', R)
         for b, p in enumerate(picks):
-            row_ids, row_mask, row_segments, *row_out = self.rows[p]
-            n = len(row_ids)
-            ids[b, :n], mask[b, :n], segments[b, :n] = row_ids, row_mask, row_segments
-            if row_out:
-                ruled_out[b, :n] = row_out[0]
-        batch = (self.tokens[[self.images[p] for p in picks]].float(), ids, mask, segments)
-        return batch + (ruled_out,) if self.with_ruled_out else batch
+            n = len(self.rows[p][0])
+            for column, values in zip(columns, self.rows[p]):
+                column[b, :n] = values
+        return (self.tokens[[self.images[p] for p in picks]].float(), *columns)
 
 
 @torch.no_grad()
