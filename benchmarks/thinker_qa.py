@@ -4,6 +4,10 @@ held-out colour-shape pairs, per question type and for one- and two-object scene
 
     python benchmarks/thinker_qa.py --run CLIP_RUN_DIR [--out DIR] [--steps N] [--images N] [--threads N]
                                     [--keep-unseen-answers] [--whiten]
+    python benchmarks/thinker_qa.py --run CLIP_RUN_DIR --answers THINKER_DIR
+
+--answers trains nothing: it reads a saved Thinker and sorts its answers to questions about one of two objects in
+new scenes of seen pairs into right, the other object's, and one that is in neither.
 
 --keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
 question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
@@ -21,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from tinyvit.data import ShapesDataset
+from tinyvit.data import COLOURS, SHAPES, ShapesDataset
 from tinyvit.text import UNK_ID, Tokenizer
-from tinyvit.thinker import QUESTION_TYPES, RECIPE, load_clip_encoder, make_qa, save_thinker, train_thinker
+from tinyvit.thinker import (QUESTION_TYPES, RECIPE, answer_questions, encode_scenes, load_clip_encoder,
+                             load_thinker, make_qa, save_thinker, train_thinker)
 from tinyvit.train import load_checkpoint
 
 
@@ -39,6 +44,27 @@ def tokenizer_coverage(run: Path, n_images: int) -> str:
             f"{pieces:.1f} pieces per question")
 
 
+def two_object_answers(run: Path, thinker_dir: Path, n_images: int) -> dict[str, dict[str, int]]:
+    """A saved Thinker's answers to "what colour is the <shape>?" and "what shape is the <colour> one?" on the
+    two-object scenes among n_images new images of seen pairs -> {type: {"right", "the other object's", "neither"}}."""
+    model, tokenizer, encoder = load_thinker(thinker_dir)
+    _, shapes = load_clip_encoder(run)
+    dataset = ShapesDataset(n_images, shapes, "test")
+    records = [r for r in make_qa(dataset) if r["n_objects"] == 2 and r["type"] in ("shape", "colour")]
+    tokens = encode_scenes(encoder, dataset, model.cfg.variant)  # (n, K, E)
+    questions = [r["question"] for r in records]
+    answers = answer_questions(model, tokenizer, tokens[[r["image"] for r in records]], questions)
+    scenes = dataset.scenes()
+    counts = {t: {"right": 0, "the other object's": 0, "neither": 0} for t in ("shape", "colour")}
+    for record, answer in zip(records, answers):
+        other = scenes[record["image"]]["objects"][1 - record["object"]]
+        other_answer = SHAPES[other["shape"]] if record["type"] == "shape" else \
+            (COLOURS[other["colour"]] if other["colour"] >= 0 else None)
+        kind = "right" if answer == record["answer"] else "the other object's" if answer == other_answer else "neither"
+        counts[record["type"]][kind] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, metavar="CLIP_RUN_DIR")
@@ -50,9 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["cls", "all"], choices=["cls", "all"])
     parser.add_argument("--keep-unseen-answers", action="store_true", help="train plain language models")
     parser.add_argument("--whiten", action="store_true", help="whiten the image tokens (Thinker.set_whitening)")
+    parser.add_argument("--answers", type=Path, metavar="THINKER_DIR",
+                        help="train nothing: sort a saved Thinker's two-object answers on seen pairs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.answers:
+        print(f"{args.answers}: questions about one of two objects, {args.eval_images} new images of seen pairs")
+        for kind, counts in two_object_answers(args.run, args.answers, args.eval_images).items():
+            total = sum(counts.values())
+            print(f"  {kind:6s} ({total}): " + ", ".join(f"{k} {v / total:.2f}" for k, v in counts.items()))
+        return 0
     train = dataclasses.replace(RECIPE, steps=args.steps, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
     print(tokenizer_coverage(args.run, 300))
     results = {}
