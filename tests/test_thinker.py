@@ -368,6 +368,17 @@ def test_think_whiten_stores_the_whitening_with_the_thinker(runs):
     assert model.cfg.whiten and not torch.equal(model.image_whitener, torch.eye(model.cfg.dim))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_think_trains_on_the_gpu_and_the_thinker_answers_on_the_cpu(runs):
+    gpu = runs["root"] / "gpu"
+    assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(gpu), "--steps", "3", "--batch-size", "4",
+                     "--images", "8", "--eval-images", "4", "--device", "cuda", "--whiten", "--quiet"]) == 0
+    model, _, encoder = load_thinker(gpu)  # on the CPU by default
+    assert {p.device.type for p in [*model.parameters(), *model.buffers(), *encoder.parameters()]} == {"cpu"}
+    result = ask("--run", gpu, runs["image"], "What colour is the circle?")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
+
+
 def ask(*args):
     return subprocess.run([sys.executable, "-m", "tinyvit", "ask", *map(str, args)], capture_output=True, text=True,
                           env=ENV, timeout=300)

@@ -256,3 +256,70 @@ def test_configs_from_before_a_field_existed_still_match_its_old_value():
         check_configs({"vision": {"dim": 32, "pos_init": "sincos"}}, old)
     with pytest.raises(ValueError, match="vision.depth: expected 2, found nothing"):
         check_configs({"vision": {"dim": 32, "depth": 2}}, old)  # other missing fields still count
+
+
+# --- on a CUDA GPU (skipped without one; CI has none, so run them where a GPU is: `pytest -k cuda`) ---------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_auto_precision_trains_in_mixed_precision_and_keeps_fp32_weights():
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    seen = []
+    hook = model.visual.blocks[0].mlp.fc1.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    history = fit(model, clip_batch_loss, lambda step: (images, toks),
+                  dataclasses.replace(CFG, steps=30, device="cuda"), progress=False)
+    hook.remove()
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert seen[0] == expected  # "auto" precision is mixed on CUDA
+    assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())
+    assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
+
+
+@cuda
+def test_cuda_resume_continues_the_uninterrupted_losses(tmp_path):
+    images, toks = paired_data(32)
+    batches = batch_source(images, toks, CFG.batch_size)
+    cfg = dataclasses.replace(CFG, device="cuda")
+    whole = fit(tiny_clip(), clip_batch_loss, batches, cfg, progress=False)
+    model = tiny_clip()
+    fit(model, clip_batch_loss, batches, cfg, until=5, checkpoint_path=tmp_path / "c.pt", progress=False)
+    torch.cuda.manual_seed(123)  # the GPU's dropout stream must come back from the checkpoint
+    resumed = fit(tiny_clip(), clip_batch_loss, batches, cfg, resume=tmp_path / "c.pt", progress=False)
+    assert resumed["step"] == list(range(1, 13))
+    assert resumed["loss"][:5] == whole["loss"][:5]  # the same history, read back
+    # GPU kernels may sum in another order from run to run, so "the same" is to float rounding here
+    torch.testing.assert_close(torch.tensor(resumed["loss"]), torch.tensor(whole["loss"]), rtol=1e-3, atol=1e-3)
+
+
+@cuda
+def test_fp16_on_a_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4 or V100, say
+    assert autocast_dtype(torch.device("cuda")) is torch.float16
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    history = fit(model, clip_batch_loss, lambda step: (images, toks),
+                  dataclasses.replace(CFG, steps=30, device="cuda"), checkpoint_path=tmp_path / "c.pt",
+                  progress=False)
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
+    scaler = load_checkpoint(tmp_path / "c.pt")["scaler"]
+    assert scaler and scaler["scale"] > 0  # a GradScaler ran and its state is kept for a resume
+
+
+@cuda
+def test_a_checkpoint_trained_on_the_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuDNN's default would round the patch conv
+    images, toks = paired_data(8)
+    model = tiny_clip()
+    fit(model, clip_batch_loss, lambda step: (images, toks), dataclasses.replace(CFG, steps=5, device="cuda"),
+        checkpoint_path=tmp_path / "c.pt", extra_state={"configs": model.configs()}, progress=False)
+    ckpt = load_checkpoint(tmp_path / "c.pt")  # mapped to the CPU
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+    on_cpu = load_model(tiny_clip(), ckpt, configs=model.configs()).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(on_cpu.encode_image(images), model.encode_image(images.cuda()).cpu(),
+                                   rtol=1e-4, atol=1e-4)
