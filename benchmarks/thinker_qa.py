@@ -6,8 +6,10 @@ held-out colour-shape pairs, per question type and for one- and two-object scene
                                     [--keep-unseen-answers] [--whiten]
     python benchmarks/thinker_qa.py --run CLIP_RUN_DIR --answers THINKER_DIR
 
---answers trains nothing: it reads a saved Thinker and sorts its answers to questions about one of two objects in
-new scenes of seen pairs into right, the other object's, and one that is in neither.
+--answers trains nothing: it reads a saved Thinker and sorts its answers to questions about one of two objects into
+right, the other object's, and one that is in neither: in new scenes of seen pairs and in held-out scenes, each
+split by the object asked about, the main one (which the caption names first, the held-out pair in a held-out
+scene) or the second.
 
 --keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
 question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
@@ -44,25 +46,33 @@ def tokenizer_coverage(run: Path, n_images: int) -> str:
             f"{pieces:.1f} pieces per question")
 
 
-def two_object_answers(run: Path, thinker_dir: Path, n_images: int) -> dict[str, dict[str, int]]:
+def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str = "test"
+                       ) -> dict[tuple[str, str], dict[str, int]]:
     """A saved Thinker's answers to "what colour is the <shape>?" and "what shape is the <colour> one?" on the
-    two-object scenes among n_images new images of seen pairs -> {type: {"right", "the other object's", "neither"}}."""
+    two-object scenes among n_images new images of `split` ("test": seen pairs; "heldout") -> {(type, "main" |
+    "second"): {"right", "the other object's", "neither"}}, by the object asked about."""
     model, tokenizer, encoder = load_thinker(thinker_dir)
     _, shapes = load_clip_encoder(run)
-    dataset = ShapesDataset(n_images, shapes, "test")
+    dataset = ShapesDataset(n_images, shapes, split)
     records = [r for r in make_qa(dataset) if r["n_objects"] == 2 and r["type"] in ("shape", "colour")]
     tokens = encode_scenes(encoder, dataset, model.cfg.variant)  # (n, K, E)
     questions = [r["question"] for r in records]
     answers = answer_questions(model, tokenizer, tokens[[r["image"] for r in records]], questions)
     scenes = dataset.scenes()
-    counts = {t: {"right": 0, "the other object's": 0, "neither": 0} for t in ("shape", "colour")}
+    counts = {(t, o): {"right": 0, "the other object's": 0, "neither": 0}
+              for t in ("shape", "colour") for o in ("main", "second")}
     for record, answer in zip(records, answers):
         other = scenes[record["image"]]["objects"][1 - record["object"]]
         other_answer = SHAPES[other["shape"]] if record["type"] == "shape" else \
             (COLOURS[other["colour"]] if other["colour"] >= 0 else None)
         kind = "right" if answer == record["answer"] else "the other object's" if answer == other_answer else "neither"
-        counts[record["type"]][kind] += 1
+        counts[record["type"], "main" if record["object"] == 0 else "second"][kind] += 1
     return counts
+
+
+def shares(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    return f"({total}): " + ", ".join(f"{k} {v / max(total, 1):.2f}" for k, v in counts.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.answers:
-        print(f"{args.answers}: questions about one of two objects, {args.eval_images} new images of seen pairs")
-        for kind, counts in two_object_answers(args.run, args.answers, args.eval_images).items():
-            total = sum(counts.values())
-            print(f"  {kind:6s} ({total}): " + ", ".join(f"{k} {v / total:.2f}" for k, v in counts.items()))
+        for split, name in (("test", "new images of seen pairs"), ("heldout", "held-out images")):
+            print(f"{args.answers}: questions about one of two objects, {args.eval_images} {name}")
+            counts = two_object_answers(args.run, args.answers, args.eval_images, split)
+            for kind in ("shape", "colour"):
+                both = {k: counts[kind, "main"][k] + counts[kind, "second"][k] for k in counts[kind, "main"]}
+                print(f"  {kind:6s} {shares(both)}")
+                for which in ("main", "second"):
+                    print(f"    about the {which:6s} object {shares(counts[kind, which])}")
         return 0
     train = dataclasses.replace(RECIPE, steps=args.steps, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
     print(tokenizer_coverage(args.run, 300))
