@@ -369,7 +369,7 @@ def test_think_whiten_stores_the_whitening_with_the_thinker(runs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_think_trains_on_the_gpu_and_the_thinker_answers_on_the_cpu(runs):
+def test_think_trains_on_cuda_and_the_thinker_answers_on_the_cpu(runs):
     gpu = runs["root"] / "gpu"
     assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(gpu), "--steps", "3", "--batch-size", "4",
                      "--images", "8", "--eval-images", "4", "--device", "cuda", "--whiten", "--quiet"]) == 0

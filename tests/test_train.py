@@ -16,6 +16,8 @@ from tinyvit.train import (
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, out_dim=16, dropout=0.1)
 TEXT = TextConfig(vocab_size=40, context_length=8, dim=32, out_dim=16, dropout=0.1)
 CFG = TrainConfig(steps=12, batch_size=8, lr=3e-3, warmup_steps=3, eval_every=0, seed=1)
+# Tests marked so run only where CUDA is (`pytest -k cuda` on a GPU machine); CI has none and skips them.
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def paired_data(n: int = 32, size: int = 16, seed: int = 0):
@@ -235,16 +237,19 @@ def test_precision_picks_the_autocast_dtype():
         TrainConfig(precision="half")
 
 
-def test_bf16_autocast_on_the_cpu_trains_and_keeps_fp32_weights():
+@pytest.mark.parametrize("device, precision", [("cpu", "bf16"), pytest.param("cuda", "auto", marks=cuda)])
+def test_mixed_precision_trains_in_half_and_keeps_fp32_weights(device, precision):
     images, toks = paired_data(8)
     model = tiny_clip()
     seen = []
     hook = model.visual.blocks[0].mlp.fc1.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     history = fit(model, clip_batch_loss, lambda step: (images, toks),
-                  dataclasses.replace(CFG, steps=30, precision="bf16"), progress=False)
+                  dataclasses.replace(CFG, steps=30, device=device, precision=precision), progress=False)
     hook.remove()
-    assert seen[0] == torch.bfloat16  # the matrix products ran in bfloat16
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights did not
+    # bf16 where asked for; "auto" on CUDA: bf16, or fp16 on GPUs without it
+    expected = torch.float16 if device == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    assert seen[0] == expected  # the matrix products ran in half precision
+    assert all(p.device.type == device and p.dtype == torch.float32 for p in model.parameters())  # the weights not
     assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
 
 
@@ -259,24 +264,6 @@ def test_configs_from_before_a_field_existed_still_match_its_old_value():
 
 
 # --- on a CUDA GPU (skipped without one; CI has none, so run them where a GPU is: `pytest -k cuda`) ---------------
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@cuda
-def test_cuda_auto_precision_trains_in_mixed_precision_and_keeps_fp32_weights():
-    images, toks = paired_data(8)
-    model = tiny_clip()
-    seen = []
-    hook = model.visual.blocks[0].mlp.fc1.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
-    history = fit(model, clip_batch_loss, lambda step: (images, toks),
-                  dataclasses.replace(CFG, steps=30, device="cuda"), progress=False)
-    hook.remove()
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    assert seen[0] == expected  # "auto" precision is mixed on CUDA
-    assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())
-    assert sum(history["loss"][-3:]) / 3 < 0.5 * sum(history["loss"][:3]) / 3
-
 
 @cuda
 def test_cuda_resume_continues_the_uninterrupted_losses(tmp_path):
@@ -295,7 +282,7 @@ def test_cuda_resume_continues_the_uninterrupted_losses(tmp_path):
 
 
 @cuda
-def test_fp16_on_a_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in_the_checkpoint(tmp_path, monkeypatch):
+def test_fp16_on_a_cuda_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4 or V100, say
     assert autocast_dtype(torch.device("cuda")) is torch.float16
     images, toks = paired_data(8)
@@ -310,7 +297,7 @@ def test_fp16_on_a_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in_the_
 
 
 @cuda
-def test_a_checkpoint_trained_on_the_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuDNN's default would round the patch conv
     images, toks = paired_data(8)
     model = tiny_clip()
