@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tinyvit import Attention, Block, ViTConfig, VisionEncoder, VisionTransformer, param_report, resample_pos_embed
-from tinyvit.model import Dropout
+from tinyvit.model import Dropout, Linear, linear
 from tinyvit.patches import patchify
 
 SMALL = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64)
@@ -84,6 +84,60 @@ def test_cpu_training_takes_the_explicit_path_with_the_same_outputs_and_gradient
         attn(x)
     attn(x, queries=1)
     assert len(fused_calls) == 2
+
+
+@pytest.mark.skipif(not Linear.onednn, reason="this PyTorch build has no oneDNN linear kernel")
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_through_onednn_gives_f_linears_outputs_and_gradients(bias, monkeypatch):
+    torch.manual_seed(0)
+    calls = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or kernel(*a))
+    w = torch.randn(48, 32, requires_grad=True)
+    b = torch.randn(48, requires_grad=True) if bias else None
+    base = torch.randn(3, 11, 40, requires_grad=True)
+    x = base[..., 4:36]  # (3, 11, 32), not contiguous
+    weights = [w] + ([b] if bias else [])
+    out = linear(x, w, b)
+    out.square().sum().backward()
+    assert len(calls) == 3  # forward, input gradient, weight gradient
+    got = [out.detach(), base.grad.clone()] + [p.grad.clone() for p in weights]
+    for t in [base] + weights:
+        t.grad = None
+    expected = torch.nn.functional.linear(x, w, b)
+    expected.square().sum().backward()
+    for a, e in zip(got, [expected.detach(), base.grad] + [p.grad for p in weights]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+    assert got[2].is_contiguous()  # the weight's gradient has the weight's layout
+    with torch.no_grad():  # inference: straight to the kernel, no autograd function
+        torch.testing.assert_close(linear(x, w, b), expected.detach(), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps torch's own path, in bfloat16
+        assert linear(x, w, b).dtype == torch.bfloat16 and not calls
+    monkeypatch.setattr(Linear, "onednn", False)
+    assert torch.equal(linear(x, w, b), expected) and not calls  # switched off: F.linear itself
+
+
+def test_flop_counter_counts_the_onednn_linear_as_it_counts_f_linear(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w, b = torch.randn(2, 7, 16, requires_grad=True), torch.randn(24, 16, requires_grad=True), torch.randn(24)
+    counts = []
+    for onednn in (True, False):
+        monkeypatch.setattr(Linear, "onednn", onednn)
+        with FlopCounterMode(display=False) as counter:
+            linear(x, w, b).sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 3 * 2 * 14 * 16 * 24  # forward, input and weight gradients
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state_dict():
+    layer = Linear(8, 4)
+    assert isinstance(layer, nn.Linear) and list(layer.state_dict()) == ["weight", "bias"]
+    plain = nn.Linear(8, 4)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(layer(x), plain(x))
 
 
 def test_attention_mask_hides_keys_on_both_paths():

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from .config import ViTConfig
 from .patches import PatchEmbed
@@ -31,6 +32,72 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     return lanes >= round(p * 65536) - 32768
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias by oneDNN's GEMM (the kernel torch.compile emits for CPU linear layers); the bias is
+    added inside the product. (..., in) -> (..., out)."""
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """`_onednn_linear` with its backward in oneDNN too: dx = g W, dW = (x^T g)^T, db = sum of g."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # (M, out)
+        dx = _onednn_linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., in)
+        dw = db = None
+        if ctx.needs_input_grad[1]:  # x^T g is (in, out): oneDNN reads both transposes by their strides
+            dw = _onednn_linear(x.reshape(-1, x.shape[-1]).t(), g.t(), None).t().contiguous()  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, except that float32 products on the CPU go through oneDNN when `Linear.onednn` is on (and
+    autocast is off). The result is F.linear's to float rounding (tested, gradients too). (..., in) -> (..., out)."""
+    if (Linear.onednn and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.numel()
+            and not torch.is_autocast_enabled("cpu")):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return _OneDNNLinearFunction.apply(x, weight, bias)
+        return _onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters and state_dict) whose float32 CPU products run through `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+    #: Use oneDNN's GEMM for float32 products on the CPU. PyTorch's own (`torch.mm`, `F.linear`) calls MKL, which
+    #: on this AMD EPYC ran a 2048 x 2048 product at 208 GFLOP/s with 2 threads, where oneDNN ran it at 449, and the
+    #: layer shapes of the default recipe at 383-434 against 203-215 (benchmarks/encoder_speed.py prints both
+    #: rates). False: every product through F.linear.
+    onednn: bool = _onednn_available()
+
+
+if Linear.onednn and torch.ops.mkldnn._linear_pointwise not in flop_registry:
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        """What torch.utils.flop_counter.FlopCounterMode counts for `_onednn_linear`: 2 M K N, as for the addmm
+        of the F.linear it replaces (notebook 3 checks its FLOP formula against that count)."""
+        return 2 * x_shape[0] * x_shape[1] * w_shape[0]
 
 
 class Dropout(nn.Module):
@@ -64,8 +131,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.attn_dropout = cfg.attn_dropout
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.qkv = Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = Linear(cfg.dim, cfg.dim)
         self.proj_drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, attn_mask: torch.Tensor | None = None,
@@ -79,8 +146,8 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).view(B, N, 3, h, Dh).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, Dh)
         else:  # the qkv weight's rows are [W_q; W_k; W_v]: queries from Q tokens, keys and values from all N
             w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :queries], w[:D], b[:D]).view(B, queries, h, Dh).transpose(1, 2)  # (B, h, Q, Dh)
-            k, v = F.linear(x, w[D:], b[D:]).view(B, N, 2, h, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, Dh)
+            q = linear(x[:, :queries], w[:D], b[:D]).view(B, queries, h, Dh).transpose(1, 2)  # (B, h, Q, Dh)
+            k, v = linear(x, w[D:], b[D:]).view(B, N, 2, h, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, Dh)
         p = self.attn_dropout if self.training else 0.0
         weights = None
         if return_attention or (self.explicit_for_cpu_grad and queries is None and x.device.type == "cpu"
@@ -110,9 +177,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.fc1 = Linear(cfg.dim, cfg.mlp_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.fc2 = Linear(cfg.mlp_dim, cfg.dim)
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +358,7 @@ class VisionEncoder(VisionTransformer):
 
     def __init__(self, cfg: ViTConfig):
         super().__init__(cfg)
-        self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
+        self.projector = Linear(cfg.dim, cfg.out_dim, bias=False)
         trunc_normal(self.projector.weight)
 
     def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
