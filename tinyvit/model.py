@@ -5,6 +5,7 @@ Shapes: B batch, P patches, N = P + 1 tokens, D width, h heads, Dh = D // h, E =
 from __future__ import annotations
 
 import math
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,9 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
 
 
 def _onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """oneDNN's linear kernel is in this PyTorch, on an x86-64 CPU (where it was measured; see `Linear.onednn`)."""
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
