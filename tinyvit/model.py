@@ -42,8 +42,8 @@ def _onednn_available() -> bool:
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T + bias by oneDNN's GEMM (the kernel torch.compile emits for CPU linear layers); the bias is
-    added inside the product. (..., in) -> (..., out)."""
+    """x @ weight.T + bias by oneDNN's GEMM (`torch.ops.mkldnn._linear_pointwise`, an op PyTorch keeps for its
+    compiler's CPU code); the bias is added inside the product. (..., in) -> (..., out)."""
     out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
     return out.view(*x.shape[:-1], weight.shape[0])
 
