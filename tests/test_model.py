@@ -88,13 +88,14 @@ def test_cpu_training_takes_the_explicit_path_with_the_same_outputs_and_gradient
 
 @pytest.mark.skipif(not Linear.onednn, reason="this PyTorch build has no oneDNN linear kernel")
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_through_onednn_gives_f_linears_outputs_and_gradients(bias, monkeypatch):
+@pytest.mark.parametrize("out", [48, 16])  # wider and narrower than the input: two ways to the weight's gradient
+def test_linear_through_onednn_gives_f_linears_outputs_and_gradients(bias, out, monkeypatch):
     torch.manual_seed(0)
     calls = []
     kernel = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or kernel(*a))
-    w = torch.randn(48, 32, requires_grad=True)
-    b = torch.randn(48, requires_grad=True) if bias else None
+    w = torch.randn(out, 32, requires_grad=True)
+    b = torch.randn(out, requires_grad=True) if bias else None
     base = torch.randn(3, 11, 40, requires_grad=True)
     x = base[..., 4:36]  # (3, 11, 32), not contiguous
     weights = [w] + ([b] if bias else [])

@@ -49,7 +49,7 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 class _OneDNNLinearFunction(torch.autograd.Function):
-    """`_onednn_linear` with its backward in oneDNN too: dx = g W, dW = (x^T g)^T, db = sum of g."""
+    """`_onednn_linear` with its backward in oneDNN too: dx = g W, dW = g^T x, db = sum of g."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -64,8 +64,14 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # (M, out)
         dx = _onednn_linear(grad, weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., in)
         dw = db = None
-        if ctx.needs_input_grad[1]:  # x^T g is (in, out): oneDNN reads both transposes by their strides
-            dw = _onednn_linear(x.reshape(-1, x.shape[-1]).t(), g.t(), None).t().contiguous()  # (out, in)
+        if ctx.needs_input_grad[1]:
+            # oneDNN copies its first operand's transpose into rows first, so the narrower of x and g goes there:
+            # for the MLP's first layer 1.5 ms instead of 2.2 (4,160 x 128 -> 512), for its second 1.6 instead of 2.7
+            xs = x.reshape(-1, x.shape[-1])  # (M, in)
+            if xs.shape[1] <= g.shape[1]:
+                dw = _onednn_linear(xs.t(), g.t(), None).t().contiguous()  # (in, out) -> (out, in)
+            else:
+                dw = _onednn_linear(g.t(), xs.t(), None)  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
