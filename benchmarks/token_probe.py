@@ -7,6 +7,8 @@ Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
   scenes that hold that shape and scored on "test" ones. A reader that knows which two colours are present but
   not which belongs to the shape scores about 0.5, so a score above that means the token binds colour to shape;
   beside it, how often the probe names the *other* object's colour;
+- two objects, by object: the colour and the shape of the main object (named first in the caption) and of the
+  second, one probe each on the same scenes: how much better the token carries the main one;
 - two objects, one reader for all shapes: a small MLP fed (the asked shape, one-hot; the token), trained on
   batches of 256 questions, scored on the "test" scenes as it learns: how many examples it takes to read what the
   token holds (the Thinker sees about 11 such questions a step). Twice: on the token as it is, and whitened with
@@ -98,6 +100,21 @@ def two_objects(sets: tuple) -> dict[str, tuple[float, float]]:
     return out
 
 
+def main_and_second(sets: tuple) -> dict[str, tuple[float, float]]:
+    """The colour and the shape of the main object (the one the caption names first) and of the second, one linear
+    probe each, on the same two-object scenes: {"colour": (main, second), "shape": (main, second)}."""
+    train_scenes, x_train, test_scenes, x_test = sets
+    out = {}
+    for key, classes in (("colour", len(COLOURS)), ("shape", len(SHAPES))):
+        scores = []
+        for k in (0, 1):
+            ya = torch.tensor([scene["objects"][k][key] for scene in train_scenes])
+            yb = torch.tensor([scene["objects"][k][key] for scene in test_scenes])
+            scores.append(accuracy(fit_probe(x_train, ya, classes), x_test, yb))
+        out[key] = tuple(scores)
+    return out
+
+
 def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0
                ) -> list[tuple[int, float]]:
     """(questions seen, accuracy on "test" scenes) as an MLP learns "what colour is the <shape>?" from
@@ -153,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = two_object_sets(encoder, shapes, args.images)
     for name, (its, other) in two_objects(sets).items():
         print(f"  {name:9s} {its:.2f} / {other:.2f}")
+    print("two objects (seen pairs), the main object's / the second object's attribute:")
+    for key, (main, second) in main_and_second(sets).items():
+        print(f"  {key:9s} {main:.2f} / {second:.2f}")
     print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour, "
           "token as it is / whitened")
     ordinary = whitening(tokens_of(encoder, ShapesDataset(args.images, shapes, "train", seed=1)))  # the Thinker's mix
