@@ -197,7 +197,7 @@ class TrainConfig(DictConfig):
     seed: int = 0
     device: str = "cpu"  # "auto" picks a GPU when one is present
     # "auto": mixed precision on CUDA, fp32 elsewhere; "fp32": never mixed; "bf16": bfloat16 autocast on any device,
-    # worth it on CPUs with AVX-512 BF16 or AMX (CLIP steps 2.4x faster here at 64x64), slow on CPUs without them
+    # worth it on CPUs with AVX-512 BF16 or AMX (CLIP steps 1.45-1.66x faster here at 64x64), slow on CPUs without them
     precision: str = "auto"
 
     def __post_init__(self):
