@@ -127,6 +127,27 @@ def place_accuracy(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) ->
     return (picked == torch.tensor([obj["position"] for obj in objects])).float().mean().item()
 
 
+def binding_pairs(model: CLIP, tokenizer: Tokenizer, shapes: ShapesConfig, n: int = 512, seed: int = 1000) -> float:
+    """Binding groups (ShapesConfig.binding_fraction) from a stream no training run uses: a two-object scene as
+    drawn and with its colours traded, each captioned by the same one of its objects ("a red square" / "a blue
+    square"). How often does an image score its own caption above its traded copy's? Chance is 0.5; only which
+    colour goes with which shape tells the two apart."""
+    cfg = dataclasses.replace(shapes, hard_fraction=1.0, binding_fraction=1.0, shape_first_steps=0, place_fraction=0.0)
+    stream = HardNegativeBatches(cfg, 64, seed=seed)
+    images, captions = [], []
+    for step in range(n // 64):
+        batch_images, batch_captions, _ = stream(step)
+        images.append(batch_images)
+        captions += batch_captions
+    with torch.no_grad():
+        img = torch.cat([model.encode_image(chunk) for chunk in torch.cat(images).split(128)])  # (n, E)
+    similarity = (img @ embed_texts(model, tokenizer, captions).T).view(n // 2, 2, n // 2, 2)  # pairs (as drawn, traded)
+    pairs = torch.arange(n // 2)
+    own = similarity[pairs, :, pairs, :]  # (n/2, 2, 2): image a / b against caption a / b of the same pair
+    right = (own[:, 0, 0] > own[:, 0, 1]).float() + (own[:, 1, 1] > own[:, 1, 0]).float()
+    return (right.sum() / n).item()
+
+
 def score_run(run_dir: str) -> None:
     """One row for a finished run: held-out and seen pairs as it was trained, and the variant generator's held-out
     pairs on its own backgrounds and on light ones."""
@@ -142,6 +163,7 @@ def score_run(run_dir: str) -> None:
     row.update(recall_breakdown(model, tokenizer, held_set))
     row["1-object: place of 9 (chance 0.11)"] = place_accuracy(model, tokenizer, held_set)
     row["  the same on seen pairs"] = place_accuracy(model, tokenizer, seen_set)
+    row["2-object binding pairs (chance 0.5)"] = binding_pairs(model, tokenizer, shapes)
     for name, light in (("variant", False), ("variant, light backgrounds", True)):
         scores = variant_scores(model, tokenizer, variant_items(300, size, heldout_pairs(), seed=3, light=light))
         row.update({f"{name} shape": scores["variant_shape"], f"{name} colour": scores["variant_colour"]})

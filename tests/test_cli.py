@@ -219,6 +219,21 @@ def test_negatives_mask_contrasts_one_scene_first_then_shared_attributes():
     assert cli.negatives_mask(plain, HardNegativeBatches(plain, 8), 0, indices) is None
 
 
+def test_negatives_mask_contrasts_a_binding_item_with_its_traded_copy_alone():
+    from tinyvit.data import HardNegativeBatches
+
+    for shared in (True, False):
+        shapes = ShapesConfig(hard_fraction=1.0, shared_attribute_negatives=shared, shape_first_steps=1,
+                              binding_fraction=0.5)
+        loader = HardNegativeBatches(shapes, 16, seed=0)
+        keep = cli.negatives_mask(shapes, loader, 1, loader(1)[2])  # groups 0-1 bind: items 0-7, in pairs
+        assert torch.equal(keep[:8, :8], torch.block_diag(*[torch.ones(2, 2)] * 4).bool())
+        assert not keep[:8, 8:].any() and not keep[8:, :8].any()  # "a red square" is true of other images
+        attributes = loader.attributes(1)[8:]
+        rest = (attributes[:, None] == attributes[None]).any(-1) if shared else torch.ones(8, 8, dtype=torch.bool)
+        assert torch.equal(keep[8:, 8:], rest)
+
+
 def test_shape_first_steps_needs_every_item_in_a_group():
     with pytest.raises(ValueError, match="hard_fraction 1.0"):
         ShapesConfig(shape_first_steps=10, hard_fraction=0.5)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import re
@@ -11,7 +12,7 @@ from PIL import Image
 
 from tinyvit.data import (COLOURS, IMAGE_MEAN, POSITIONS, RGB, SHAPES, WHERE, Batches, HardNegativeBatches,
                           ManifestDataset, ShapesConfig, ShapesDataset, caption_options, denormalize, export_shapes,
-                          heldout_pairs, load_image, make_item, read_manifest, to_tensor)
+                          heldout_pairs, load_image, make_item, object_name, read_manifest, to_tensor)
 
 
 def first_word_of(caption: str, words) -> str:
@@ -402,8 +403,8 @@ def test_hard_negative_groups_differ_only_in_shape():
     assert images.shape == (16, 3, 32, 32) and len(captions) == 16 and indices.shape == (16,)
     plan = batches.plan(5)
     groups = {}
-    assert all(place is None for _, _, place in plan)  # no place groups unless asked for
-    for (index, shape, _), caption in zip(plan, captions):
+    assert all(place is None and bind is None for _, _, place, bind in plan)  # no place or binding groups unless asked
+    for (index, shape, _, _), caption in zip(plan, captions):
         if shape is not None:
             groups.setdefault(index, []).append((shape, caption))
     assert len(groups) == 2
@@ -415,7 +416,7 @@ def test_hard_negative_groups_differ_only_in_shape():
         words = [set(caption.split()) for _, caption in members]
         common = set.intersection(*words)
         assert all(len(w - common) == 1 and (w - common) <= set(SHAPES) | {"a", "an"} for w in words)
-    assert sum(shape is None for _, shape, _ in plan) == 8
+    assert sum(shape is None for _, shape, _, _ in plan) == 8
     torch.testing.assert_close(batches(5)[0], images)  # a pure function of the step
 
 
@@ -450,7 +451,7 @@ def test_hard_negative_groups_of_unnamed_colours_may_use_every_shape():
     cfg = ShapesConfig(image_size=32, unnamed_fraction=1.0)
     batches = HardNegativeBatches(cfg, batch_size=40, group_size=4, hard_fraction=1.0)
     plan = batches.plan(0)
-    assert {shape for _, shape, _ in plan} == set(range(len(SHAPES)))
+    assert {shape for _, shape, _, _ in plan} == set(range(len(SHAPES)))
     assert all(make_item(plan[0][0], cfg, shape=k)["shape"] == k for k in range(len(SHAPES)))
 
 
@@ -458,7 +459,7 @@ def test_hard_negative_attributes_describe_the_drawn_items():
     cfg = ShapesConfig(image_size=32, unnamed_fraction=0.3, hard_fraction=0.5, place_fraction=0.5)
     batches = HardNegativeBatches(cfg, batch_size=16)
     attributes = batches.attributes(2)
-    items = [make_item(index, cfg, shape=shape, place=place) for index, shape, place in batches.plan(2)]
+    items = [make_item(index, cfg, shape=shape, place=place) for index, shape, place, _ in batches.plan(2)]
     assert attributes.tolist() == [[item["shape"], item["colour"]] for item in items]
     batches(3)  # a drawn batch's labels are reused for its own step, and only for it
     assert torch.equal(batches.attributes(3), HardNegativeBatches(cfg, batch_size=16).attributes(3))
@@ -495,12 +496,12 @@ def test_place_groups_differ_only_in_where_and_how_big():
     batches = HardNegativeBatches(cfg, batch_size=16, group_size=4)
     images, captions, indices = batches(3)
     plan = batches.plan(3)
-    assert [place is not None for _, _, place in plan] == [False] * 8 + [True] * 8  # the last two of four groups
+    assert [place is not None for _, _, place, _ in plan] == [False] * 8 + [True] * 8  # the last two of four groups
     for g in (2, 3):
-        members = [make_item(index, cfg, shape=shape, place=place) for index, shape, place in plan[4 * g: 4 * g + 4]]
+        members = [make_item(index, cfg, shape=shape, place=place) for index, shape, place, _ in plan[4 * g: 4 * g + 4]]
         base = make_item(plan[4 * g][0], cfg)
         assert len({m["position"] for m in members}) == 4 and {m["position"] for m in members} == \
-            {place for _, _, place in plan[4 * g: 4 * g + 4]}
+            {place for _, _, place, _ in plan[4 * g: 4 * g + 4]}
         for m in members:
             assert (m["shape"], m["colour"], len(m["objects"])) == (base["shape"], base["colour"], 1)
             assert m["objects"][0]["angle"] == base["objects"][0]["angle"]
@@ -539,3 +540,57 @@ def test_late_backgrounds_start_after_the_shape_phase_and_take_whole_groups():
         ShapesConfig(late_background=(0.9, 0.3))
     with pytest.raises(ValueError, match="late_background_share must be in"):
         ShapesConfig(late_background_share=1.5)
+
+
+def test_a_late_background_ramp_grows_the_share_linearly_then_holds_it():
+    cfg = ShapesConfig(image_size=16, background=(0.8, 0.95), late_background=(0.3, 0.7), late_background_share=0.8,
+                       late_background_ramp=100, hard_fraction=1.0, shape_first_steps=50)
+    batches = HardNegativeBatches(cfg, batch_size=16)
+
+    def late_share(step: int, n: int = 4000) -> float:  # over many scene indices: a seeded draw per scene
+        return sum(batches.scene_config(step, index) is not cfg for index in range(n)) / n
+
+    assert late_share(49) == 0.0  # the shape phase: none
+    assert late_share(50) < 0.03  # the first step after it: 0.8 / 100
+    assert abs(late_share(99) - 0.4) < 0.03  # half way up the ramp: half the share
+    assert abs(late_share(149) - 0.8) < 0.03 and abs(late_share(1000) - 0.8) < 0.03  # then the whole share
+    plain = HardNegativeBatches(dataclasses.replace(cfg, late_background_ramp=0), batch_size=16)
+    assert sum(plain.scene_config(50, i) is not plain.cfg for i in range(4000)) / 4000 > 0.77  # no ramp: at once
+    with pytest.raises(ValueError, match="late_background_ramp must be a non-negative integer, got -1"):
+        ShapesConfig(late_background_ramp=-1)
+
+
+def test_binding_groups_differ_only_in_which_colour_goes_with_which_shape():
+    cfg = ShapesConfig(image_size=32, hard_fraction=1.0, unnamed_fraction=0.3, binding_fraction=0.5,
+                       shape_first_steps=2)
+    batches = HardNegativeBatches(cfg, batch_size=16, group_size=4)
+    assert all(bind is None for *_, bind in batches.plan(1))  # not during the shape phase
+    plan = batches.plan(2)
+    assert [bind is not None for *_, bind in plan] == [True] * 8 + [False] * 8  # the first two of four groups
+    images, captions, indices = batches(2)
+    attributes = batches.attributes(2)
+    for k in range(0, 8, 2):  # a scene as drawn, then with its colours traded
+        (index, _, _, (named, traded)), (index2, _, _, (named2, traded2)) = plan[k], plan[k + 1]
+        assert index == index2 == indices[k] == indices[k + 1] and named == named2 and (traded, traded2) == (False, True)
+        a, b = (make_item(index, cfg, bind=plan[j][3]) for j in (k, k + 1))
+        assert len(a["objects"]) == len(b["objects"]) == 2
+        assert [o["shape"] for o in a["objects"]] == [o["shape"] for o in b["objects"]]
+        assert [o["colour"] for o in a["objects"]] == [o["colour"] for o in b["objects"]][::-1]
+        assert min(o["colour"] for o in a["objects"]) >= 0  # named colours only
+        assert [o["centre"] for o in a["objects"]] == [o["centre"] for o in b["objects"]]  # nothing else moves
+        for item, other in ((a, b), (b, a)):  # each caption is true of its own scene and of no object of the other
+            names = {object_name(o) for o in item["objects"]}
+            assert item["caption"].split(" ", 1)[1] in names
+            assert item["caption"].split(" ", 1)[1] not in {object_name(o) for o in other["objects"]}
+            assert all((SHAPES[o["shape"]], COLOURS[o["colour"]]) not in heldout_pairs() for o in item["objects"])
+        assert (captions[k], captions[k + 1]) == (a["caption"], b["caption"])
+        assert attributes[k].tolist() == [a["shape"], a["colour"]] and attributes[k + 1].tolist() == [b["shape"], b["colour"]]
+        assert not torch.equal(images[k], images[k + 1])
+    assert len(set(indices[:8].tolist())) == 4 and not set(indices[:8].tolist()) & set(indices[8:].tolist())
+    with pytest.raises(ValueError, match="group_size must be even"):
+        HardNegativeBatches(cfg, batch_size=16, group_size=3)
+    with pytest.raises(ValueError, match="binding_fraction must be in"):
+        ShapesConfig(binding_fraction=2.0)
+    one_object = next(i for i in range(100) if len(make_item(i, ShapesConfig(image_size=32))["objects"]) == 1)
+    with pytest.raises(ValueError, match="a binding scene needs two objects in named colours"):
+        make_item(one_object, ShapesConfig(image_size=32), bind=(0, True))

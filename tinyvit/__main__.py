@@ -219,12 +219,17 @@ def negatives_mask(shapes: ShapesConfig, loader: HardNegativeBatches, step: int,
                    indices: torch.Tensor) -> torch.Tensor | None:
     """Which pairs of a shapes batch the loss may contrast (None: all of them). During the first
     `shape_first_steps`, only copies of one scene (same scene index: they differ in shape alone); then, with
-    `shared_attribute_negatives`, pairs that share the main shape or colour. -> (B, B) bool or None."""
+    `shared_attribute_negatives`, pairs that share the main shape or colour; a binding group's items (ShapesConfig.
+    binding_fraction) only with their traded copy. -> (B, B) bool or None."""
+    same_scene = shared_attribute_mask(indices[:, None])  # one attribute, the scene: a block per group
     if step < shapes.shape_first_steps:
-        return shared_attribute_mask(indices[:, None])  # one attribute, the scene: a block per group
-    if shapes.shared_attribute_negatives:
-        return shared_attribute_mask(loader.attributes(step))
-    return None
+        return same_scene
+    keep = shared_attribute_mask(loader.attributes(step)) if shapes.shared_attribute_negatives else None
+    bound = indices >= HardNegativeBatches.BINDING_INDICES  # a binding group's items: "a red square" is true of
+    if bound.any():  # many other images, so each is contrasted with its own traded copy alone, both ways
+        keep = torch.ones_like(same_scene) if keep is None else keep
+        keep = torch.where(bound[:, None] | bound[None, :], same_scene, keep)
+    return keep
 
 
 def summary(metrics: dict, manifest: bool) -> str:

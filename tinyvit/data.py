@@ -61,6 +61,11 @@ class ShapesConfig:
     # The share of those groups that vary the main object's place and size instead (one object, shape and colour
     # kept, captioned "a <size> <colour> <shape> in the <place>"): what tells their captions apart is where.
     place_fraction: float = 0.0
+    # From shape_first_steps on, the share of those groups that are *binding groups*: two-object scenes, each drawn
+    # as it is and with the two colours traded (a red square and a blue star; a blue square and a red star), each
+    # captioned by naming one object ("a red square" / "a blue square"). Both copies hold the same colours and
+    # shapes, so only which colour goes with which shape tells their captions apart, even to a bag of words.
+    binding_fraction: float = 0.0
     # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
     shared_attribute_negatives: bool = False
     # For the first N training steps contrast only the copies of one scene (a hard-negative group, so hard_fraction
@@ -71,6 +76,9 @@ class ShapesConfig:
     # seen on darker paper too, where a colour can be lighter or darker than the background. None: never.
     late_background: tuple[float, float] | None = None
     late_background_share: float = 1.0
+    # Steps over which that share grows linearly from 0 to late_background_share, from shape_first_steps on, so
+    # the darker paper comes in gradually instead of all at once. 0: the whole share at once.
+    late_background_ramp: int = 0
 
     def __post_init__(self):
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -84,13 +92,15 @@ class ShapesConfig:
             object.__setattr__(self, "late_background", _grey_range("late_background", self.late_background))
         if not isinstance(self.shape_first_steps, int) or self.shape_first_steps < 0:
             raise ValueError(f"shape_first_steps must be a non-negative integer, got {self.shape_first_steps!r}")
+        if not isinstance(self.late_background_ramp, int) or self.late_background_ramp < 0:
+            raise ValueError(f"late_background_ramp must be a non-negative integer, got {self.late_background_ramp!r}")
         if self.shape_first_steps and self.hard_fraction != 1.0:
             raise ValueError(f"shape_first_steps contrasts the copies of one scene, so every item must be in a "
                              f"hard-negative group: need hard_fraction 1.0, got {self.hard_fraction} "
                              f"(or set shape_first_steps to 0)")
         for name, top in (("noise", 0.5), ("texture", 0.5), ("colour_jitter", 0.3), ("max_rotation", 45.0),
                           ("unnamed_fraction", 1.0), ("hard_fraction", 1.0), ("place_fraction", 1.0),
-                          ("late_background_share", 1.0)):
+                          ("binding_fraction", 1.0), ("late_background_share", 1.0)):
             if not 0 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} must be in [0, {top}], got {getattr(self, name)!r}")
 
@@ -132,11 +142,14 @@ def _unit_polygon(shape: str) -> np.ndarray:
 
 
 def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int | None = None,
-           main_place: int | None = None) -> tuple[dict[str, Any], np.random.Generator]:
+           main_place: int | None = None, bind: tuple[int, bool] | None = None
+           ) -> tuple[dict[str, Any], np.random.Generator]:
     """Objects and caption of one item, and the generator left for drawing it (labels need no drawing).
     `main_shape` swaps the main object's shape and nothing else: same place, size, colour, caption template and
     background. `main_place` (a position 0-8) keeps the main object alone, moves it into that ninth of the image
-    at a size of its own, and captions it with its size and place: same shape, colour, rotation and background."""
+    at a size of its own, and captions it with its size and place: same shape, colour, rotation and background.
+    `bind` = (named, traded), for a scene of two named objects: with `traded`, the two objects swap colours
+    (nothing else changes), and the caption names object `named` alone ("a blue square")."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0 or seed < 0:
@@ -184,10 +197,39 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int
     if main_place is not None:
         objects = [_placed(objects[0], main_place, cfg, np.random.default_rng([seed, SPLITS.index(split), index,
                                                                                  1 + main_place]))]
+    if bind is not None:
+        objects = _bound(objects, *bind, split)
     main = objects[0]
-    caption = _caption(objects, cfg, rng) if main_place is None else caption_options(objects, cfg)[3]
+    if bind is not None:
+        caption = with_article(object_name(objects[bind[0]]))
+    else:
+        caption = _caption(objects, cfg, rng) if main_place is None else caption_options(objects, cfg)[3]
     return {"caption": caption, "shape": main["shape"], "colour": main["colour"],
             "position": main["position"], "objects": objects}, rng
+
+
+def _bound(objects: list[dict[str, Any]], named: int, traded: bool, split: str) -> list[dict[str, Any]]:
+    """The two objects of a binding-group scene, their colours swapped if `traded`."""
+    if len(objects) != 2 or min(o["colour"] for o in objects) < 0 or named not in (0, 1):
+        raise ValueError(f"a binding scene needs two objects in named colours and named in (0, 1), got "
+                         f"{[object_name(o) for o in objects]} and named={named!r}")
+    if not traded:
+        return objects
+    a, b = objects
+    traded_objects = [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}]
+    for o in traded_objects:
+        if (SHAPES[o["shape"]], COLOURS[o["colour"]]) in HELDOUT and split != "heldout":
+            raise ValueError(f"trading colours makes {with_article(object_name(o))}, a held-out pair: not allowed "
+                             f"in the {split!r} split")
+    return traded_objects
+
+
+def _can_bind(objects: list[dict[str, Any]]) -> bool:
+    """Two objects in named colours whose traded colours make no held-out pair: usable for a binding group."""
+    if len(objects) != 2 or min(o["colour"] for o in objects) < 0:
+        return False
+    a, b = objects
+    return all((SHAPES[x["shape"]], COLOURS[y["colour"]]) not in HELDOUT for x, y in ((a, b), (b, a)))
 
 
 def _placed(obj: dict[str, Any], place: int, cfg: ShapesConfig, rng: np.random.Generator) -> dict[str, Any]:
@@ -278,13 +320,15 @@ def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Gen
 
 
 def make_item(index: int, cfg: ShapesConfig = ShapesConfig(), split: str = "train", seed: int = 0,
-              shape: int | None = None, place: int | None = None) -> dict[str, Any]:
+              shape: int | None = None, place: int | None = None, bind: tuple[int, bool] | None = None
+              ) -> dict[str, Any]:
     """One shapes item, a pure function of (seed, split, index): {"image": uint8 (S, S, 3), "caption", "shape",
     "colour", "position" (indices into SHAPES/COLOURS/POSITIONS of the main object), "objects": per-object dicts
     with shape, colour, position, size (fraction of the side), centre (x, y fractions), angle (degrees)}.
     `shape` (an index into SHAPES) redraws the same scene with another main shape: a hard negative; `place` (an
-    index into POSITIONS) redraws its main object alone in another place and size."""
-    scene, rng = _scene(index, cfg, split, seed, shape, place)
+    index into POSITIONS) redraws its main object alone in another place and size; `bind` (named, traded) swaps
+    the two objects' colours if traded and captions object `named` alone (a binding group's scene)."""
+    scene, rng = _scene(index, cfg, split, seed, shape, place, bind)
     return {"image": _render(scene["objects"], cfg, rng), **scene}
 
 
@@ -539,10 +583,12 @@ class HardNegativeBatches:
     """Batches of fresh shapes items in which colour and position cannot tell captions apart: a `hard_fraction`
     of each batch comes in groups of `group_size` copies of one scene that differ only in the main object's shape
     (and so only in the caption's shape word); a `place_fraction` of those groups vary its place and size instead
-    (and so the caption's size and place words). The rest are ordinary items. All three default to the
+    (and so the caption's size and place words); from `shape_first_steps` on, a `binding_fraction` of them are
+    binding groups (ShapesConfig.binding_fraction: scenes of two objects drawn as they are and with their colours
+    traded, the caption naming one object). The rest are ordinary items. All of these default to the
     ShapesConfig's; with hard_fraction 0 this is a plain stream of fresh items, item j of step s being scene
     s * B + j. A pure function of (seed, step), like Batches. batches(step) -> (images (B, 3, S, S), captions
-    list[str], indices LongTensor (B,) of the scenes)."""
+    list[str], indices LongTensor (B,) of the scenes: the same for every copy of one scene)."""
 
     def __init__(self, cfg: ShapesConfig, batch_size: int, seed: int = 0, group_size: int | None = None,
                  hard_fraction: float | None = None, split: str = "train"):
@@ -556,27 +602,54 @@ class HardNegativeBatches:
             raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction!r}")
         if split == "heldout":
             raise ValueError("hard negatives swap shapes, which the heldout split (one pair per shape) cannot do")
+        if cfg.binding_fraction and group_size % 2:
+            raise ValueError(f"binding groups hold each scene twice (as drawn, colours traded): group_size must be "
+                             f"even, got {group_size}")
         self.cfg, self.batch_size, self.seed, self.split = cfg, batch_size, seed, split
         self.group_size, self.groups = group_size, int(batch_size * hard_fraction) // group_size
         self.place_groups = round(self.groups * cfg.place_fraction)  # the last ones
+        self.binding_groups = min(round(self.groups * cfg.binding_fraction), self.groups - self.place_groups)  # first
         self._drawn: tuple[int, torch.Tensor] | None = None  # (step, attributes) of the batch drawn last
         self._late = None if cfg.late_background is None else dataclasses.replace(cfg, background=cfg.late_background)
 
-    def plan(self, step: int) -> list[tuple[int, int | None, int | None]]:
-        """(scene index, main shape or None, main place or None) for each of the B items of this step: None, None
-        for a scene as it is."""
+    #: Binding scenes are drawn from scene indices above this one, apart from the stream's own (step * B + j).
+    BINDING_INDICES = 2**40
+
+    def plan(self, step: int) -> list[tuple[int, int | None, int | None, tuple[int, bool] | None]]:
+        """(scene index, main shape or None, main place or None, (named, traded) or None) for each of the B items
+        of this step: None, None, None for a scene as it is."""
         rng = np.random.default_rng([self.seed, step, 1])
         first = step * self.batch_size
-        plan: list[tuple[int, int | None, int | None]] = []
+        binding = self.binding_groups if step >= self.cfg.shape_first_steps else 0
+        plan: list[tuple[int, int | None, int | None, tuple[int, bool] | None]] = []
         for g in range(self.groups):
             index = first + g
+            if g < binding:
+                plan += self._binding_group(step, g)
+                continue
             if g >= self.groups - self.place_groups:
-                plan += [(index, None, int(k)) for k in rng.choice(len(POSITIONS), self.group_size, replace=False)]
+                plan += [(index, None, int(k), None) for k in rng.choice(len(POSITIONS), self.group_size, replace=False)]
                 continue
             colour = _scene(index, self.cfg, self.split, self.seed)[0]["colour"]  # -1: a colour without a name
             shapes = [k for k, s in enumerate(SHAPES) if colour < 0 or (s, COLOURS[colour]) not in HELDOUT]
-            plan += [(index, int(k), None) for k in rng.choice(shapes, self.group_size, replace=False)]
-        plan += [(first + j, None, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
+            plan += [(index, int(k), None, None) for k in rng.choice(shapes, self.group_size, replace=False)]
+        plan += [(first + j, None, None, None) for j in range(self.groups, self.batch_size - len(plan) + self.groups)]
+        return plan
+
+    def _binding_group(self, step: int, g: int) -> list[tuple[int, None, None, tuple[int, bool]]]:
+        """group_size / 2 two-object scenes, each as drawn and with its colours traded, captioned by the same one
+        of its objects. The scenes are the first usable ones (`_can_bind`) among indices reserved for this group."""
+        plan = []
+        base = self.BINDING_INDICES + (step * self.groups + g) * self.group_size * 64  # 64 candidates per scene
+        for j in range(self.group_size // 2):
+            for c in range(64):
+                index = base + j * 64 + c
+                if _can_bind(_scene(index, self.cfg, self.split, self.seed)[0]["objects"]):
+                    break
+            else:
+                raise RuntimeError(f"no usable two-object scene for binding group {g} of step {step}")
+            named = int(np.random.default_rng([self.seed, index, 3]).integers(2))
+            plan += [(index, None, None, (named, False)), (index, None, None, (named, True))]
         return plan
 
     def attributes(self, step: int) -> torch.Tensor:
@@ -584,8 +657,8 @@ class HardNegativeBatches:
         Right after batches(step) (as in a training step) the drawn items' labels are reused: no second plan."""
         if self._drawn is not None and self._drawn[0] == step:
             return self._drawn[1]
-        scenes = [_scene(index, self.cfg, self.split, self.seed, shape, place)[0]
-                  for index, shape, place in self.plan(step)]
+        scenes = [_scene(index, self.cfg, self.split, self.seed, shape, place, bind)[0]
+                  for index, shape, place, bind in self.plan(step)]
         return _main_attributes(scenes)
 
     def scene_config(self, step: int, index: int) -> ShapesConfig:
@@ -594,17 +667,20 @@ class HardNegativeBatches:
         cfg = self.cfg
         if cfg.late_background is None or step < cfg.shape_first_steps:
             return cfg
-        if np.random.default_rng([self.seed, index, 2]).random() >= cfg.late_background_share:
+        share = cfg.late_background_share
+        if cfg.late_background_ramp:  # grows linearly, the whole share after late_background_ramp steps
+            share *= min(1.0, (step - cfg.shape_first_steps + 1) / cfg.late_background_ramp)
+        if np.random.default_rng([self.seed, index, 2]).random() >= share:
             return cfg
         return self._late
 
     def __call__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         plan = self.plan(step)
-        items = [make_item(index, self.scene_config(step, index), self.split, self.seed, shape, place)
-                 for index, shape, place in plan]
+        items = [make_item(index, self.scene_config(step, index), self.split, self.seed, shape, place, bind)
+                 for index, shape, place, bind in plan]
         self._drawn = (step, _main_attributes(items))
         images = torch.stack([to_tensor(item["image"]) for item in items])  # (B, 3, S, S)
-        indices = torch.tensor([index for index, _, _ in plan], dtype=torch.long)
+        indices = torch.tensor([index for index, *_ in plan], dtype=torch.long)
         return images, [item["caption"] for item in items], indices
 
 
