@@ -141,7 +141,8 @@ def binding_pairs(model: CLIP, tokenizer: Tokenizer, shapes: ShapesConfig, n: in
         captions += batch_captions
     with torch.no_grad():
         img = torch.cat([model.encode_image(chunk) for chunk in torch.cat(images).split(128)])  # (n, E)
-    similarity = (img @ embed_texts(model, tokenizer, captions).T).view(n // 2, 2, n // 2, 2)  # pairs (as drawn, traded)
+    similarity = img @ embed_texts(model, tokenizer, captions).T  # (n, n); items 2i, 2i + 1: as drawn, traded
+    similarity = similarity.view(n // 2, 2, n // 2, 2)
     pairs = torch.arange(n // 2)
     own = similarity[pairs, :, pairs, :]  # (n/2, 2, 2): image a / b against caption a / b of the same pair
     right = (own[:, 0, 0] > own[:, 0, 1]).float() + (own[:, 1, 1] > own[:, 1, 0]).float()

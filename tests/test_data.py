@@ -571,7 +571,8 @@ def test_binding_groups_differ_only_in_which_colour_goes_with_which_shape():
     attributes = batches.attributes(2)
     for k in range(0, 8, 2):  # a scene as drawn, then with its colours traded
         (index, _, _, (named, traded)), (index2, _, _, (named2, traded2)) = plan[k], plan[k + 1]
-        assert index == index2 == indices[k] == indices[k + 1] and named == named2 and (traded, traded2) == (False, True)
+        assert index == index2 == indices[k] == indices[k + 1] and named == named2
+        assert (traded, traded2) == (False, True)
         a, b = (make_item(index, cfg, bind=plan[j][3]) for j in (k, k + 1))
         assert len(a["objects"]) == len(b["objects"]) == 2
         assert [o["shape"] for o in a["objects"]] == [o["shape"] for o in b["objects"]]
@@ -584,7 +585,8 @@ def test_binding_groups_differ_only_in_which_colour_goes_with_which_shape():
             assert item["caption"].split(" ", 1)[1] not in {object_name(o) for o in other["objects"]}
             assert all((SHAPES[o["shape"]], COLOURS[o["colour"]]) not in heldout_pairs() for o in item["objects"])
         assert (captions[k], captions[k + 1]) == (a["caption"], b["caption"])
-        assert attributes[k].tolist() == [a["shape"], a["colour"]] and attributes[k + 1].tolist() == [b["shape"], b["colour"]]
+        assert attributes[k].tolist() == [a["shape"], a["colour"]]
+        assert attributes[k + 1].tolist() == [b["shape"], b["colour"]]
         assert not torch.equal(images[k], images[k + 1])
     assert len(set(indices[:8].tolist())) == 4 and not set(indices[:8].tolist()) & set(indices[8:].tolist())
     with pytest.raises(ValueError, match="group_size must be even"):

@@ -628,7 +628,8 @@ class HardNegativeBatches:
                 plan += self._binding_group(step, g)
                 continue
             if g >= self.groups - self.place_groups:
-                plan += [(index, None, int(k), None) for k in rng.choice(len(POSITIONS), self.group_size, replace=False)]
+                places = rng.choice(len(POSITIONS), self.group_size, replace=False)
+                plan += [(index, None, int(k), None) for k in places]
                 continue
             colour = _scene(index, self.cfg, self.split, self.seed)[0]["colour"]  # -1: a colour without a name
             shapes = [k for k, s in enumerate(SHAPES) if colour < 0 or (s, COLOURS[colour]) not in HELDOUT]
