@@ -15,7 +15,8 @@ both as drawn and redrawn on light backgrounds, to tell the background apart fro
 splits the held-out recall@1: how often the top caption is at least true of the image (right content, another
 wording), per number of objects, beside a reference reader who knows every scene (`evaluate.oracle_recall_at_1`),
 and checks place alone: on one-object scenes, held-out and seen, the image's pick among nine captions that differ
-only in the place.
+only in the place; and binding alone: a two-object scene and its colour-traded copy, captioned "a red square" and
+"a blue square", each image against both captions (`binding_pairs`, chance 0.5).
 """
 from __future__ import annotations
 
