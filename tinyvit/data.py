@@ -64,7 +64,8 @@ class ShapesConfig:
     # From shape_first_steps on, the share of those groups that are *binding groups*: two-object scenes, each drawn
     # as it is and with the two colours traded (a red square and a blue star; a blue square and a red star), each
     # captioned by naming one object ("a red square" / "a blue square"). Both copies hold the same colours and
-    # shapes, so only which colour goes with which shape tells their captions apart, even to a bag of words.
+    # shapes, so only which colour goes with which shape tells their captions apart. (To a mean-pooled text
+    # encoder, groups that name the other object ask the opposite: benchmarks/README.md, "Session 7".)
     binding_fraction: float = 0.0
     # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
     shared_attribute_negatives: bool = False
