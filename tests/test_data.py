@@ -591,6 +591,12 @@ def test_binding_groups_differ_only_in_which_colour_goes_with_which_shape():
     assert len(set(indices[:8].tolist())) == 4 and not set(indices[:8].tolist()) & set(indices[8:].tolist())
     with pytest.raises(ValueError, match="group_size must be even"):
         HardNegativeBatches(cfg, batch_size=16, group_size=3)
+    first = HardNegativeBatches(dataclasses.replace(cfg, binding_named="first_shape"), batch_size=16, group_size=4)
+    for index, _, _, (named, _) in first.plan(2)[:8]:  # the object whose shape comes first in SHAPES is named
+        shapes = [o["shape"] for o in make_item(index, cfg, bind=(named, False))["objects"]]
+        assert shapes[named] == min(shapes)
+    with pytest.raises(ValueError, match="binding_named must be 'random' or 'first_shape', got 'both'"):
+        ShapesConfig(binding_named="both")
     with pytest.raises(ValueError, match="binding_fraction must be in"):
         ShapesConfig(binding_fraction=2.0)
     one_object = next(i for i in range(100) if len(make_item(i, ShapesConfig(image_size=32))["objects"]) == 1)

@@ -67,6 +67,9 @@ class ShapesConfig:
     # shapes, so only which colour goes with which shape tells their captions apart. (To a mean-pooled text
     # encoder, groups that name the other object ask the opposite: benchmarks/README.md, "Session 7".)
     binding_fraction: float = 0.0
+    # Which object a binding group's captions name: "random" (a coin toss per scene) or "first_shape" (the one
+    # whose shape comes first in SHAPES, so one image is never asked both ways).
+    binding_named: str = "random"
     # Contrast only pairs that share the main shape or the main colour (contrastive.shared_attribute_mask).
     shared_attribute_negatives: bool = False
     # For the first N training steps contrast only the copies of one scene (a hard-negative group, so hard_fraction
@@ -93,6 +96,8 @@ class ShapesConfig:
             object.__setattr__(self, "late_background", _grey_range("late_background", self.late_background))
         if not isinstance(self.shape_first_steps, int) or self.shape_first_steps < 0:
             raise ValueError(f"shape_first_steps must be a non-negative integer, got {self.shape_first_steps!r}")
+        if self.binding_named not in ("random", "first_shape"):
+            raise ValueError(f"binding_named must be 'random' or 'first_shape', got {self.binding_named!r}")
         if not isinstance(self.late_background_ramp, int) or self.late_background_ramp < 0:
             raise ValueError(f"late_background_ramp must be a non-negative integer, got {self.late_background_ramp!r}")
         if self.shape_first_steps and self.hard_fraction != 1.0:
@@ -646,11 +651,15 @@ class HardNegativeBatches:
         for j in range(self.group_size // 2):
             for c in range(64):
                 index = base + j * 64 + c
-                if _can_bind(_scene(index, self.cfg, self.split, self.seed)[0]["objects"]):
+                objects = _scene(index, self.cfg, self.split, self.seed)[0]["objects"]
+                if _can_bind(objects):
                     break
             else:
                 raise RuntimeError(f"no usable two-object scene for binding group {g} of step {step}")
-            named = int(np.random.default_rng([self.seed, index, 3]).integers(2))
+            if self.cfg.binding_named == "first_shape":
+                named = 0 if objects[0]["shape"] < objects[1]["shape"] else 1
+            else:
+                named = int(np.random.default_rng([self.seed, index, 3]).integers(2))
             plan += [(index, None, None, (named, False)), (index, None, None, (named, True))]
         return plan
 
