@@ -9,7 +9,7 @@ held-out colour-shape pairs, per question type and for one- and two-object scene
 --answers trains nothing: it reads a saved Thinker and sorts its answers to questions about one of two objects into
 right, the other object's, and one that is in neither: in new scenes of seen pairs and in held-out scenes, each
 split by the object asked about, the main one (which the caption names first, the held-out pair in a held-out
-scene) or the second.
+scene) or the second; and the colour questions by the shape they ask about.
 
 --keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
 question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
@@ -47,10 +47,11 @@ def tokenizer_coverage(run: Path, n_images: int) -> str:
 
 
 def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str = "test"
-                       ) -> dict[tuple[str, str], dict[str, int]]:
+                       ) -> tuple[dict[tuple[str, str], dict[str, int]], dict[str, list[bool]]]:
     """A saved Thinker's answers to "what colour is the <shape>?" and "what shape is the <colour> one?" on the
-    two-object scenes among n_images new images of `split` ("test": seen pairs; "heldout") -> {(type, "main" |
-    "second"): {"right", "the other object's", "neither"}}, by the object asked about."""
+    two-object scenes among n_images new images of `split` ("test": seen pairs; "heldout") -> ({(type, "main" |
+    "second"): {"right", "the other object's", "neither"}}, by the object asked about; {shape: [right?, ...]} for
+    the colour questions, by the shape asked about)."""
     model, tokenizer, encoder = load_thinker(thinker_dir)
     _, shapes = load_clip_encoder(run)
     dataset = ShapesDataset(n_images, shapes, split)
@@ -61,13 +62,16 @@ def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str =
     scenes = dataset.scenes()
     counts = {(t, o): {"right": 0, "the other object's": 0, "neither": 0}
               for t in ("shape", "colour") for o in ("main", "second")}
+    by_shape: dict[str, list[bool]] = {shape: [] for shape in SHAPES}
     for record, answer in zip(records, answers):
         other = scenes[record["image"]]["objects"][1 - record["object"]]
         other_answer = SHAPES[other["shape"]] if record["type"] == "shape" else \
             (COLOURS[other["colour"]] if other["colour"] >= 0 else None)
         kind = "right" if answer == record["answer"] else "the other object's" if answer == other_answer else "neither"
         counts[record["type"], "main" if record["object"] == 0 else "second"][kind] += 1
-    return counts
+        if record["type"] == "colour":
+            by_shape[record["pair"][0]].append(kind == "right")
+    return counts, by_shape
 
 
 def shares(counts: dict[str, int]) -> str:
@@ -94,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.answers:
         for split, name in (("test", "new images of seen pairs"), ("heldout", "held-out images")):
             print(f"{args.answers}: questions about one of two objects, {args.eval_images} {name}")
-            counts = two_object_answers(args.run, args.answers, args.eval_images, split)
+            counts, by_shape = two_object_answers(args.run, args.answers, args.eval_images, split)
             for kind in ("shape", "colour"):
                 both = {k: counts[kind, "main"][k] + counts[kind, "second"][k] for k in counts[kind, "main"]}
                 print(f"  {kind:6s} {shares(both)}")
                 for which in ("main", "second"):
                     print(f"    about the {which:6s} object {shares(counts[kind, which])}")
+            print("  colour, right, by the shape asked about: " + ", ".join(
+                f"{shape} {sum(hits) / len(hits):.2f} ({len(hits)})" for shape, hits in by_shape.items() if hits))
         return 0
     train = dataclasses.replace(RECIPE, steps=args.steps, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
     print(tokenizer_coverage(args.run, 300))
