@@ -221,12 +221,12 @@ def negatives_mask(shapes: ShapesConfig, loader: HardNegativeBatches, step: int,
     `shape_first_steps`, only copies of one scene (same scene index: they differ in shape alone); then, with
     `shared_attribute_negatives`, pairs that share the main shape or colour; a binding group's items (ShapesConfig.
     binding_fraction) only with their traded copy. -> (B, B) bool or None."""
-    same_scene = shared_attribute_mask(indices[:, None])  # one attribute, the scene: a block per group
     if step < shapes.shape_first_steps:
-        return same_scene
+        return shared_attribute_mask(indices[:, None])  # one attribute, the scene: a block per group
     keep = shared_attribute_mask(loader.attributes(step)) if shapes.shared_attribute_negatives else None
-    bound = indices >= HardNegativeBatches.BINDING_INDICES  # a binding group's items: "a red square" is true of
-    if bound.any():  # many other images, so each is contrasted with its own traded copy alone, both ways
+    bound = HardNegativeBatches.binding_items(indices)  # "a red square" is true of many other images, so a binding
+    if bound.any():  # item is contrasted with its own traded copy alone, both ways
+        same_scene = shared_attribute_mask(indices[:, None])
         keep = torch.ones_like(same_scene) if keep is None else keep
         keep = torch.where(bound[:, None] | bound[None, :], same_scene, keep)
     return keep

@@ -204,7 +204,7 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int
         objects = [_placed(objects[0], main_place, cfg, np.random.default_rng([seed, SPLITS.index(split), index,
                                                                                  1 + main_place]))]
     if bind is not None:
-        objects = _bound(objects, *bind, split)
+        objects = _bound(objects, *bind)
     main = objects[0]
     if bind is not None:
         caption = with_article(object_name(objects[bind[0]]))
@@ -214,20 +214,15 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int
             "position": main["position"], "objects": objects}, rng
 
 
-def _bound(objects: list[dict[str, Any]], named: int, traded: bool, split: str) -> list[dict[str, Any]]:
-    """The two objects of a binding-group scene, their colours swapped if `traded`."""
-    if len(objects) != 2 or min(o["colour"] for o in objects) < 0 or named not in (0, 1):
-        raise ValueError(f"a binding scene needs two objects in named colours and named in (0, 1), got "
-                         f"{[object_name(o) for o in objects]} and named={named!r}")
+def _bound(objects: list[dict[str, Any]], named: int, traded: bool) -> list[dict[str, Any]]:
+    """The two objects of a binding-group scene (`_can_bind`), their colours swapped if `traded`."""
+    if not _can_bind(objects) or named not in (0, 1):
+        raise ValueError(f"a binding scene needs two objects in named colours whose traded colours make no held-out "
+                         f"pair, and named in (0, 1); got {[object_name(o) for o in objects]} and named={named!r}")
     if not traded:
         return objects
     a, b = objects
-    traded_objects = [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}]
-    for o in traded_objects:
-        if (SHAPES[o["shape"]], COLOURS[o["colour"]]) in HELDOUT and split != "heldout":
-            raise ValueError(f"trading colours makes {with_article(object_name(o))}, a held-out pair: not allowed "
-                             f"in the {split!r} split")
-    return traded_objects
+    return [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}]
 
 
 def _can_bind(objects: list[dict[str, Any]]) -> bool:
@@ -620,6 +615,12 @@ class HardNegativeBatches:
 
     #: Binding scenes are drawn from scene indices above this one, apart from the stream's own (step * B + j).
     BINDING_INDICES = 2**40
+
+    @classmethod
+    def binding_items(cls, indices: torch.Tensor) -> torch.Tensor:
+        """Which items of a batch (its scene indices, as batches(step) returns them) belong to binding groups.
+        (B,) long -> (B,) bool."""
+        return indices >= cls.BINDING_INDICES
 
     def plan(self, step: int) -> list[tuple[int, int | None, int | None, tuple[int, bool] | None]]:
         """(scene index, main shape or None, main place or None, (named, traded) or None) for each of the B items
