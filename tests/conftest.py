@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from tinyvit import seed_everything
 
@@ -7,3 +8,13 @@ from tinyvit import seed_everything
 def _seed():
     """Every test starts from the same random state."""
     seed_everything(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: skipped where there is none (as in CI). `pytest -m cuda` runs them."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

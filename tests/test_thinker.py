@@ -368,7 +368,7 @@ def test_think_whiten_stores_the_whitening_with_the_thinker(runs):
     assert model.cfg.whiten and not torch.equal(model.image_whitener, torch.eye(model.cfg.dim))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_think_trains_on_cuda_and_the_thinker_answers_on_the_cpu(runs):
     gpu = runs["root"] / "gpu"
     assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(gpu), "--steps", "3", "--batch-size", "4",

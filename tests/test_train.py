@@ -16,8 +16,6 @@ from tinyvit.train import (
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, out_dim=16, dropout=0.1)
 TEXT = TextConfig(vocab_size=40, context_length=8, dim=32, out_dim=16, dropout=0.1)
 CFG = TrainConfig(steps=12, batch_size=8, lr=3e-3, warmup_steps=3, eval_every=0, seed=1)
-# Tests marked so run only where CUDA is (`pytest -k cuda` on a GPU machine); CI has none and skips them.
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def paired_data(n: int = 32, size: int = 16, seed: int = 0):
@@ -237,7 +235,7 @@ def test_precision_picks_the_autocast_dtype():
         TrainConfig(precision="half")
 
 
-@pytest.mark.parametrize("device, precision", [("cpu", "bf16"), pytest.param("cuda", "auto", marks=cuda)])
+@pytest.mark.parametrize("device, precision", [("cpu", "bf16"), pytest.param("cuda", "auto", marks=pytest.mark.cuda)])
 def test_mixed_precision_trains_in_half_and_keeps_fp32_weights(device, precision):
     images, toks = paired_data(8)
     model = tiny_clip()
@@ -263,9 +261,9 @@ def test_configs_from_before_a_field_existed_still_match_its_old_value():
         check_configs({"vision": {"dim": 32, "depth": 2}}, old)  # other missing fields still count
 
 
-# --- on a CUDA GPU (skipped without one; CI has none, so run them where a GPU is: `pytest -k cuda`) ---------------
+# --- on a CUDA GPU (marked `cuda`: skipped without one, as in CI; run them where a GPU is: `pytest -m cuda`) -------
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_resume_continues_the_uninterrupted_losses(tmp_path):
     images, toks = paired_data(32)
     batches = batch_source(images, toks, CFG.batch_size)
@@ -281,7 +279,7 @@ def test_cuda_resume_continues_the_uninterrupted_losses(tmp_path):
     torch.testing.assert_close(torch.tensor(resumed["loss"]), torch.tensor(whole["loss"]), rtol=1e-3, atol=1e-3)
 
 
-@cuda
+@pytest.mark.cuda
 def test_fp16_on_a_cuda_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4 or V100, say
     assert autocast_dtype(torch.device("cuda")) is torch.float16
@@ -296,7 +294,7 @@ def test_fp16_on_a_cuda_gpu_without_bf16_scales_the_loss_and_keeps_the_scaler_in
     assert scaler and scaler["scale"] > 0  # a GradScaler ran and its state is kept for a resume
 
 
-@cuda
+@pytest.mark.cuda
 def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # cuDNN's default would round the patch conv
     images, toks = paired_data(8)
