@@ -118,7 +118,7 @@ def padded_tokens() -> torch.Tensor:
     return tokens  # (3, 9): BOS, pieces, EOS, padding
 
 
-@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "bigrams", "transformer"])
 def test_output_shape(kind):
     out = TextEncoder(tiny(kind))(padded_tokens())
     assert out.shape == (3, 8) and out.dtype == torch.float32
@@ -144,18 +144,53 @@ def test_pairs_kind_adds_the_mean_of_gelu_over_neighbouring_pairs():
     torch.testing.assert_close(encoder(tokens), torch.stack(rows) @ encoder.projector.weight.T)
 
 
-def test_a_bag_of_words_cannot_tell_who_is_above_whom_and_pairs_can():
+def test_bigrams_kind_adds_the_mean_of_one_learned_vector_per_neighbouring_pair():
+    encoder = TextEncoder(tiny("bigrams", bigram_buckets=64))
+    tokens = padded_tokens()
+    rows = []
+    for row in tokens.tolist():
+        row = [t for t in row if t != 0]
+        pairs = torch.stack([encoder.bigram_embed.weight[(a * 40 + b) % 64] for a, b in zip(row, row[1:])])
+        rows.append(encoder.token_embed.weight[row].mean(0) + pairs.mean(0))
+    torch.testing.assert_close(encoder(tokens), torch.stack(rows) @ encoder.projector.weight.T)
+
+
+def test_bigram_rows_are_below_the_table_size_and_tell_the_order_apart():
+    encoder = TextEncoder(tiny("bigrams", bigram_buckets=64))
+    rows = encoder.bigram_rows(torch.tensor([[5, 6, 39, 39, 0]]))
+    assert rows.tolist() == [[(5 * 40 + 6) % 64, (6 * 40 + 39) % 64, (39 * 40 + 39) % 64, (39 * 40) % 64]]
+    assert encoder.bigram_rows(torch.tensor([[6, 5]])).item() != rows[0, 0].item()  # (6, 5) is not (5, 6)
+
+
+def test_a_bag_of_words_cannot_tell_who_is_above_whom_and_pairs_and_bigrams_can():
     # "a red square above a blue star" against "a blue square above a red star": the same pieces in another order.
     one, other = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 3]]), torch.tensor([[2, 5, 9, 7, 8, 6, 10, 3]])
-    mean, pairs = TextEncoder(tiny("mean")), TextEncoder(tiny("pairs"))
-    for encoder in (mean, pairs):  # at the start of training everything is near 0: give the weights real size
+    mean, pairs, bigrams = TextEncoder(tiny("mean")), TextEncoder(tiny("pairs")), TextEncoder(tiny("bigrams"))
+    for encoder in (mean, pairs, bigrams):  # at the start of training everything is near 0: give weights real size
         torch.nn.init.normal_(encoder.token_embed.weight)
     torch.nn.init.normal_(pairs.pair.weight, std=0.5)
+    torch.nn.init.normal_(bigrams.bigram_embed.weight)
     torch.testing.assert_close(mean(one), mean(other))
-    assert (pairs(one) - pairs(other)).abs().max() > 0.1 * pairs(one).abs().max()
+    for encoder in (pairs, bigrams):
+        assert (encoder(one) - encoder(other)).abs().max() > 0.1 * encoder(one).abs().max()
 
 
-@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
+def test_a_bag_of_words_gives_opposite_binding_questions_and_bigrams_do_not():
+    # "a red square" - "a blue square" equals "a red star" - "a blue star" for a bag of words (before the
+    # normalisation): one image cannot prefer the first of each pair. With a vector per pair of pieces it can.
+    a, red, blue, square, star, eos, bos = 5, 6, 7, 8, 9, 3, 2
+    caption = lambda colour, shape: torch.tensor([[bos, a, colour, shape, eos]])  # noqa: E731
+    for kind, same in (("mean", True), ("bigrams", False)):
+        encoder = TextEncoder(tiny(kind))
+        torch.nn.init.normal_(encoder.token_embed.weight)
+        if kind == "bigrams":
+            torch.nn.init.normal_(encoder.bigram_embed.weight)
+        squares = encoder(caption(red, square)) - encoder(caption(blue, square))
+        stars = encoder(caption(red, star)) - encoder(caption(blue, star))
+        assert torch.allclose(squares, stars, atol=1e-6) == same, kind
+
+
+@pytest.mark.parametrize("kind", ["mean", "pairs", "bigrams", "transformer"])
 def test_padding_does_not_change_the_output(kind):
     encoder = TextEncoder(tiny(kind, dropout=0.1)).eval()
     tokens = padded_tokens()
@@ -165,14 +200,14 @@ def test_padding_does_not_change_the_output(kind):
     torch.testing.assert_close(alone, encoder(tokens), atol=1e-6, rtol=1e-5)  # batching and trimming do not matter
 
 
-@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "bigrams", "transformer"])
 def test_all_padding_row_is_finite(kind):
     tokens = padded_tokens()
     tokens[1] = 0
     assert torch.isfinite(TextEncoder(tiny(kind))(tokens)).all()
 
 
-@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "bigrams", "transformer"])
 def test_gradients_reach_every_parameter(kind):
     encoder = TextEncoder(tiny(kind))
     encoder(padded_tokens()).pow(2).sum().backward()
@@ -180,7 +215,7 @@ def test_gradients_reach_every_parameter(kind):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("kind", ["mean", "pairs", "transformer"])
+@pytest.mark.parametrize("kind", ["mean", "pairs", "bigrams", "transformer"])
 def test_bad_token_ids_are_refused(kind):
     encoder = TextEncoder(tiny(kind))
     with pytest.raises(ValueError, match=r"\[0, 40\) for vocab_size 40"):

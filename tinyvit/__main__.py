@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast, also on CPUs "
                             "with AVX-512 BF16 or AMX (faster there, slow on CPUs without them)")
     train.add_argument("--text-encoder", choices=TEXT_KINDS,
-                       help="mean-pooled tokens, that plus neighbouring pairs, or a transformer")
+                       help="mean-pooled tokens (a bag of words); that plus neighbouring pairs through a learned "
+                            "width-2 convolution (pairs) or a learned vector per pair (bigrams); or a transformer")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
     train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     train.add_argument("--force", action="store_true", help="overwrite a complete run in RUN_DIR")

@@ -146,7 +146,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-TEXT_KINDS = ("mean", "pairs", "transformer")
+TEXT_KINDS = ("mean", "pairs", "bigrams", "transformer")
 
 
 @dataclass(frozen=True)
@@ -156,20 +156,22 @@ class TextConfig(DictConfig):
     vocab_size: int = 256
     context_length: int = 32  # tokens per caption, BOS and EOS included; longer captions are truncated
     # "mean": the chapter's mean-pooled token embeddings (a bag of words); "pairs": that mean plus the mean of
-    # GELU(a width-2 convolution) over each two neighbouring tokens, so word order counts; "transformer": a small
-    # encoder
+    # GELU(a width-2 convolution) over each two neighbouring tokens, so word order counts; "bigrams": the mean plus
+    # the mean of a learned vector per neighbouring pair of tokens (hashed into bigram_buckets rows, as fastText
+    # does); "transformer": a small encoder
     kind: str = "mean"
     dim: int = 128
     depth: int = 2  # transformer kind only
     heads: int = 2  # transformer kind only
     mlp_dim: int = 512  # transformer kind only
+    bigram_buckets: int = 8192  # bigrams kind only: rows of the pair table, (a * vocab_size + b) % rows for pair (a, b)
     dropout: float = 0.0
     out_dim: int = 256  # the shared image-text embedding size E; must equal ViTConfig.out_dim
 
     def __post_init__(self):
         if self.kind not in TEXT_KINDS:
             raise ValueError(f"TextConfig.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
-        for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "out_dim"):
+        for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "bigram_buckets", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TextConfig.{name} must be a positive integer, got {value!r}")

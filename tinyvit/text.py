@@ -151,6 +151,9 @@ class TextEncoder(nn.Module):
     kind "pairs": that mean plus the mean, over each two neighbouring non-pad tokens (t, t+1), of GELU(W0 x_t +
     W1 x_t+1 + b), then the Linear. The GELU makes "red square" a feature of its own, not red + square, so the
     two captions above differ (a learned bag of bigrams).
+    kind "bigrams": that mean plus the mean, over each two neighbouring non-pad tokens (a, b), of a learned vector
+    of its own, row (a * vocab_size + b) % bigram_buckets of a table (the hashing trick of fastText): "red square"
+    has its own vector from the first step, while a pair no caption trained keeps its small initial one.
     kind "transformer": token + position embeddings -> pre-norm blocks (padding masked) -> LayerNorm -> the same
     masked mean -> Linear. Padding never changes the output; a row of only padding gives a finite vector."""
 
@@ -167,6 +170,8 @@ class TextEncoder(nn.Module):
             self.norm = nn.LayerNorm(cfg.dim)
         if cfg.kind == "pairs":
             self.pair = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=2)  # (B, D, T) -> (B, D, T - 1): x_t and x_t+1
+        if cfg.kind == "bigrams":
+            self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.dim)
         self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
         self.init_weights()
 
@@ -194,6 +199,10 @@ class TextEncoder(nn.Module):
         if self.cfg.kind == "transformer" and tokens.shape[1] > self.cfg.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens per caption exceed context_length {self.cfg.context_length}")
 
+    def bigram_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The table row of each neighbouring pair (tokens[:, t], tokens[:, t + 1]): (B, T) -> (B, T - 1)."""
+        return (tokens[:, :-1] * self.cfg.vocab_size + tokens[:, 1:]) % self.cfg.bigram_buckets
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) long ids, PAD_ID = 0 for padding -> (B, E)."""
         self._check(tokens)
@@ -212,6 +221,9 @@ class TextEncoder(nn.Module):
         if self.cfg.kind == "pairs" and T > 1:
             pairs = F.gelu(self.pair(x.transpose(1, 2))).transpose(1, 2)  # (B, T - 1, D)
             pooled = pooled + _masked_mean(pairs, keep[:, 1:] & keep[:, :-1])  # pairs of real tokens only
+        if self.cfg.kind == "bigrams" and T > 1:
+            rows = self.bigram_rows(tokens)  # (B, T - 1)
+            pooled = pooled + _masked_mean(self.bigram_embed(rows), keep[:, 1:] & keep[:, :-1])
         return self.projector(pooled)  # (B, E)
 
 
