@@ -9,6 +9,13 @@ timed on `forward_features` (every token through every block: the 0.43 GFLOP per
 because the encoder's own forward skips the last block's work on the 196 patch tokens that CLS pooling discards.
 
     python benchmarks/encoder_speed.py [--rounds 7] [--batch 64] [--threads 2]
+    python benchmarks/encoder_speed.py --breakdown   # where the inference time goes, and what would reach 80 %
+
+`--breakdown` profiles `forward_features` (torch.profiler, self time per op), sorts the time into matrix products,
+the attention kernel, the patch convolution and the ops that do no products (GELU, LayerNorm, residual adds,
+copies), sets each beside its FLOPs from `forward_flops`, and prints the share of the matmul rate the encoder would
+reach if the attention kernel ran as fast as the products, if the convolution did too, and if on top of that
+every op without products were free.
 """
 from __future__ import annotations
 
@@ -70,17 +77,73 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     return rates
 
 
+CATEGORIES = {  # profiler op name -> part of the encoder; first match wins, the rest is "no products"
+    "attention": ("scaled_dot_product", "attention", "bmm", "softmax", "baddbmm"),
+    "patch convolution": ("conv",),
+    "products": ("linear_pointwise", "addmm", "aten::mm", "matmul"),
+}
+
+
+def category(op_name: str) -> str:
+    for name, needles in CATEGORIES.items():
+        if any(needle in op_name for needle in needles):
+            return name
+    return "no products"
+
+
+def breakdown(cfg: ViTConfig, images: torch.Tensor, calls: int = 3) -> None:
+    """Print where forward_features' time goes and the matmul-rate share it would reach with faster parts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = VisionEncoder(cfg).eval()
+    with torch.inference_mode():
+        model.forward_features(images)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                model.forward_features(images)
+    seconds = dict.fromkeys(["products", "attention", "patch convolution", "no products"], 0.0)
+    for event in prof.key_averages():
+        seconds[category(event.key)] += event.self_cpu_time_total / 1e6 / calls
+    f = forward_flops(cfg)
+    B = images.shape[0]
+    flops = {"products": B * (f["qkv"] + f["out projection"] + f["mlp"]),
+             "attention": B * (f["attention scores"] + f["attention x values"]),
+             "patch convolution": B * f["patch embedding"], "no products": 0}
+    peak = max(matmul_gflops().values()) * 1e9
+    total = sum(seconds.values())
+    print(f"forward_features, batch {B}: {total * 1e3:.0f} ms a call (profiler self time); "
+          f"fastest fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'part':<18} {'time':>6} {'FLOPs':>6} {'rate, share of the matmul rate':>32}")
+    for name, t in seconds.items():
+        rate = f"{flops[name] / t / peak:.0%}" if flops[name] else "-"
+        print(f"{name:<18} {t / total:6.1%} {flops[name] / sum(flops.values()):6.1%} {rate:>32}")
+    everything = sum(flops.values())
+    rate = flops["products"] / seconds["products"]  # what the Linear layers achieve at this shape
+    now = everything / total / peak
+    attention_fast = total - seconds["attention"] + flops["attention"] / rate
+    conv_fast = attention_fast - seconds["patch convolution"] + flops["patch convolution"] / rate
+    print(f"share of the matmul rate now:                                            {now:.0%}")
+    print(f"with the attention kernel as fast as the Linear products:                {everything / attention_fast / peak:.0%}")
+    print(f"and the patch convolution too:                                           {everything / conv_fast / peak:.0%}")
+    free = conv_fast - seconds["no products"]
+    print(f"and every op without products (GELU, LayerNorm, adds, copies) free:      {everything / free / peak:.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per model per round (best is kept)")
+    parser.add_argument("--breakdown", action="store_true", help="profile where inference time goes instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = ViTConfig()
     images = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
+    if args.breakdown:
+        breakdown(cfg, images)
+        return
     models = {"tinyvit": VisionEncoder(cfg), "peer": PeerEncoder(cfg)}
     optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
 
