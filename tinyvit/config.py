@@ -147,6 +147,7 @@ def seed_everything(seed: int) -> None:
 
 
 TEXT_KINDS = ("mean", "pairs", "bigrams", "transformer")
+BIGRAM_HASH = 116049371  # fastText's multiplier for word n-grams: odd and large, so rows do not repeat in a pattern
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,9 @@ class TextConfig(DictConfig):
     depth: int = 2  # transformer kind only
     heads: int = 2  # transformer kind only
     mlp_dim: int = 512  # transformer kind only
-    bigram_buckets: int = 8192  # bigrams kind only: rows of the pair table, (a * vocab_size + b) % rows for pair (a, b)
+    # bigrams kind only: rows of the pair table; pair (a, b) -> row (a * BIGRAM_HASH + b) % rows. 4,096 x dim
+    # parameters (0.5 M at dim 128); the shapes captions' 152 pairs take 152 different rows
+    bigram_buckets: int = 4096
     dropout: float = 0.0
     out_dim: int = 256  # the shared image-text embedding size E; must equal ViTConfig.out_dim
 

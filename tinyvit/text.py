@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TextConfig, ViTConfig
+from .config import BIGRAM_HASH, TextConfig, ViTConfig
 from .model import Block
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -150,10 +150,11 @@ class TextEncoder(nn.Module):
     A bag of words: "a red square above a blue star" and "a blue square above a red star" give the same vector.
     kind "pairs": that mean plus the mean, over each two neighbouring non-pad tokens (t, t+1), of GELU(W0 x_t +
     W1 x_t+1 + b), then the Linear. The GELU makes "red square" a feature of its own, not red + square, so the
-    two captions above differ (a learned bag of bigrams).
+    two captions above differ (learned features of neighbouring pairs).
     kind "bigrams": that mean plus the mean, over each two neighbouring non-pad tokens (a, b), of a learned vector
-    of its own, row (a * vocab_size + b) % bigram_buckets of a table (the hashing trick of fastText): "red square"
-    has its own vector from the first step, while a pair no caption trained keeps its small initial one.
+    of its own, row (a * BIGRAM_HASH + b) % bigram_buckets of a table (the hashing trick fastText uses for word
+    n-grams): "red square" has its own vector from the first step, while a pair no caption trained keeps its small
+    initial one.
     kind "transformer": token + position embeddings -> pre-norm blocks (padding masked) -> LayerNorm -> the same
     masked mean -> Linear. Padding never changes the output; a row of only padding gives a finite vector."""
 
@@ -201,7 +202,7 @@ class TextEncoder(nn.Module):
 
     def bigram_rows(self, tokens: torch.Tensor) -> torch.Tensor:
         """The table row of each neighbouring pair (tokens[:, t], tokens[:, t + 1]): (B, T) -> (B, T - 1)."""
-        return (tokens[:, :-1] * self.cfg.vocab_size + tokens[:, 1:]) % self.cfg.bigram_buckets
+        return (tokens[:, :-1] * BIGRAM_HASH + tokens[:, 1:]) % self.cfg.bigram_buckets
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) long ids, PAD_ID = 0 for padding -> (B, E)."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, seed_everything
+from .config import TextConfig, TrainConfig, seed_everything
 
 FORMAT = "tinyvit-checkpoint"
 FORMAT_VERSION = 1
@@ -273,7 +273,7 @@ def check_configs(expected: dict[str, Any], found: dict[str, Any], prefix: str =
 
 #: Config fields added after runs were shipped, with the value every older run implicitly had: a config without
 #: one of them matches a config that holds exactly that value.
-ADDED_FIELDS: dict[str, Any] = {"pos_init": "normal", "bigram_buckets": 8192}
+ADDED_FIELDS: dict[str, Any] = {"pos_init": "normal", "bigram_buckets": TextConfig.bigram_buckets}
 
 
 def _config_diff(expected: Any, found: Any, prefix: str) -> list[str]:
