@@ -166,7 +166,7 @@ def test_bigram_rows_are_below_the_table_size_and_tell_the_order_apart():
 @pytest.mark.parametrize("vocab_size", [254, 256, 1024])
 def test_bigram_rows_do_not_repeat_in_a_pattern_when_the_vocabulary_is_a_power_of_two(vocab_size):
     # (a * vocab_size + b) % 4096 would give (a, b) and (a + 16, b) one row at vocab_size 256: every pair of
-    # 200 pieces would share its row with 11 others. The multiplier spreads them like a random hash would.
+    # 200 pieces would share its row with 11 or 12 others. The multiplier spreads them as a random hash would.
     encoder = TextEncoder(TextConfig(vocab_size=vocab_size, kind="bigrams", dim=8, out_dim=8))
     a, b = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")  # 40,000 pairs into 4,096 rows
     rows = encoder.bigram_rows(torch.stack([a.flatten(), b.flatten()], dim=1))  # (40000, 1)
