@@ -208,8 +208,10 @@ def _scene(index: int, cfg: ShapesConfig, split: str, seed: int, main_shape: int
     main = objects[0]
     if bind is not None:
         caption = with_article(object_name(objects[bind[0]]))
+    elif main_place is not None:
+        caption = caption_options(objects, cfg)[3]
     else:
-        caption = _caption(objects, cfg, rng) if main_place is None else caption_options(objects, cfg)[3]
+        caption = _caption(objects, cfg, rng)
     return {"caption": caption, "shape": main["shape"], "colour": main["colour"],
             "position": main["position"], "objects": objects}, rng
 
@@ -613,8 +615,10 @@ class HardNegativeBatches:
         self._drawn: tuple[int, torch.Tensor] | None = None  # (step, attributes) of the batch drawn last
         self._late = None if cfg.late_background is None else dataclasses.replace(cfg, background=cfg.late_background)
 
-    #: Binding scenes are drawn from scene indices above this one, apart from the stream's own (step * B + j).
+    #: Binding scenes are drawn from scene indices above this one, apart from the stream's own (step * B + j),
+    #: BINDING_CANDIDATES indices per scene, of which the first usable one (`_can_bind`) is kept.
     BINDING_INDICES = 2**40
+    BINDING_CANDIDATES = 64
 
     @classmethod
     def binding_items(cls, indices: torch.Tensor) -> torch.Tensor:
@@ -648,10 +652,11 @@ class HardNegativeBatches:
         """group_size / 2 two-object scenes, each as drawn and with its colours traded, captioned by the same one
         of its objects. The scenes are the first usable ones (`_can_bind`) among indices reserved for this group."""
         plan = []
-        base = self.BINDING_INDICES + (step * self.groups + g) * self.group_size * 64  # 64 candidates per scene
+        n = self.BINDING_CANDIDATES
+        base = self.BINDING_INDICES + (step * self.groups + g) * self.group_size * n
         for j in range(self.group_size // 2):
-            for c in range(64):
-                index = base + j * 64 + c
+            for c in range(n):
+                index = base + j * n + c
                 objects = _scene(index, self.cfg, self.split, self.seed)[0]["objects"]
                 if _can_bind(objects):
                     break
