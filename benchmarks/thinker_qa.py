@@ -9,7 +9,9 @@ held-out colour-shape pairs, per question type and for one- and two-object scene
 --answers trains nothing: it reads a saved Thinker and sorts its answers to questions about one of two objects into
 right, the other object's, and one that is in neither: in new scenes of seen pairs and in held-out scenes, each
 split by the object asked about, the main one (which the caption names first, the held-out pair in a held-out
-scene) or the second; and the colour questions by the shape they ask about.
+scene) or the second; and the colour questions by the shape they ask about. It also scores the Thinker on the
+first --eval-images of its own training images and their very questions, beside as many new images of the same
+pairs: a Thinker that overfits does better on the first, one that underfits does not.
 
 --keep-unseen-answers trains plain language models (every answer in the softmax) instead of leaving out, for each
 question, the answers it never had in training (`tinyvit.thinker.unseen_answers`): the comparison that shows the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -29,7 +32,7 @@ import torch
 
 from tinyvit.data import COLOURS, SHAPES, ShapesDataset
 from tinyvit.text import UNK_ID, Tokenizer
-from tinyvit.thinker import (QUESTION_TYPES, RECIPE, answer_questions, encode_scenes, load_clip_encoder,
+from tinyvit.thinker import (QUESTION_TYPES, RECIPE, answer_questions, encode_scenes, evaluate_qa, load_clip_encoder,
                              load_thinker, make_qa, save_thinker, train_thinker)
 from tinyvit.train import load_checkpoint
 
@@ -74,6 +77,23 @@ def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str =
     return counts, by_shape
 
 
+def fit_check(run: Path, thinker_dir: Path, n_images: int) -> dict[str, dict]:
+    """A saved Thinker's exact match on the first n_images of its own training images with the questions it was
+    trained on (make_qa draws them in order, so a prefix of the training set gets the same ones), and on n_images
+    new images of the same pairs -> {"training images" | "new images": evaluate_qa's dict}. Thinkers saved before
+    metrics.json recorded the seed were trained with the default, 0."""
+    model, tokenizer, encoder = load_thinker(thinker_dir)
+    metrics = json.loads((thinker_dir / "metrics.json").read_text(encoding="utf-8"))
+    seed, n_train = metrics.get("seed", 0), metrics["train_images"]
+    _, shapes = load_clip_encoder(run)
+    out = {}
+    for name, split, n in (("training images", "train", min(n_images, n_train)), ("new images", "test", n_images)):
+        dataset = ShapesDataset(n, shapes, split, seed=seed)
+        tokens = encode_scenes(encoder, dataset, model.cfg.variant)
+        out[name] = evaluate_qa(model, tokenizer, tokens, make_qa(dataset, seed))
+    return out
+
+
 def shares(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     return f"({total}): " + ", ".join(f"{k} {v / max(total, 1):.2f}" for k, v in counts.items())
@@ -106,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    about the {which:6s} object {shares(counts[kind, which])}")
             print("  colour, right, by the shape asked about: " + ", ".join(
                 f"{shape} {sum(hits) / len(hits):.2f} ({len(hits)})" for shape, hits in by_shape.items() if hits))
+        print(f"{args.answers}: does it fit its training questions? exact match shape / colour")
+        for name, scores in fit_check(args.run, args.answers, args.eval_images).items():
+            one, two = scores["one_object"], scores["two_objects"]
+            print(f"  {name:15s} ({sum(scores['n'].values())} questions): one object {one['shape']:.2f} / "
+                  f"{one['colour']:.2f}, two objects {two['shape']:.2f} / {two['colour']:.2f}")
         return 0
     train = dataclasses.replace(RECIPE, steps=args.steps, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
     print(tokenizer_coverage(args.run, 300))

@@ -500,7 +500,7 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     metrics = {**scores, "seen_pairs": {k: seen_scores[k] for k in ("accuracy", "one_object", "two_objects")},
                "variant": variant, "image_tokens": K, "rule_out_unseen": rule_out_unseen,
                "train_seconds": round(train_seconds, 1),
-               "steps": train.steps, "train_images": n_images, "train_questions": len(records),
+               "steps": train.steps, "seed": train.seed, "train_images": n_images, "train_questions": len(records),
                "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
     return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
             "metrics": metrics}
