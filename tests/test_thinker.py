@@ -17,9 +17,9 @@ from tinyvit.data import COLOURS, POSITIONS, SHAPES, ShapesConfig, ShapesDataset
 from tinyvit.model import VisionEncoder
 from tinyvit.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tinyvit.thinker import (
-    QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, greedy_matches, image_tokens,
-    load_thinker, make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer, unseen_answers,
-    whitening,
+    RECIPE, QABatches, Thinker, answer_loss, answer_questions, encode_qa, evaluate_qa, generate, greedy_matches,
+    image_tokens, load_thinker, make_qa, prompt_ids, scene_questions, thinker_batch_loss, train_tokenizer,
+    unseen_answers, whitening,
 )
 from tinyvit.train import fit, load_checkpoint, save_checkpoint
 
@@ -366,6 +366,19 @@ def test_think_whiten_stores_the_whitening_with_the_thinker(runs):
                      "--images", "8", "--eval-images", "4", "--whiten", "--quiet"]) == 0
     model, _, _ = load_thinker(white)
     assert model.cfg.whiten and not torch.equal(model.image_whitener, torch.eye(model.cfg.dim))
+
+
+def test_think_lr_sets_the_peak_learning_rate_and_refuses_bad_values(runs, capsys):
+    assert json.loads((runs["thinker"] / "metrics.json").read_text())["lr"] == RECIPE.lr
+    slow = runs["root"] / "slow"
+    assert cli.main(["think", "--run", str(runs["clip"]), "--out", str(slow), "--steps", "2", "--batch-size", "4",
+                     "--images", "8", "--eval-images", "4", "--lr", "1e-3", "--quiet"]) == 0
+    assert json.loads((slow / "metrics.json").read_text())["lr"] == 1e-3
+    capsys.readouterr()
+    for bad, shown in (("0", "0.0"), ("-1e-3", "-0.001"), ("nan", "nan")):
+        one_line_error(capsys, ["think", "--run", runs["clip"], "--out", runs["root"] / "bad", f"--lr={bad}", "--quiet"],
+                       f"--lr must be positive, got {shown}")
+    assert not (runs["root"] / "bad").exists()
 
 
 @pytest.mark.cuda

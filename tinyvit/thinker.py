@@ -499,9 +499,8 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     seen_scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, seen, variant), make_qa(seen, train.seed))
     metrics = {**scores, "seen_pairs": {k: seen_scores[k] for k in ("accuracy", "one_object", "two_objects")},
                "variant": variant, "image_tokens": K, "rule_out_unseen": rule_out_unseen,
-               "train_seconds": round(train_seconds, 1),
-               "steps": train.steps, "seed": train.seed, "train_images": n_images, "train_questions": len(records),
-               "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
+               "train_seconds": round(train_seconds, 1), "steps": train.steps, "lr": train.lr, "seed": train.seed,
+               "train_images": n_images, "train_questions": len(records), "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
     return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
             "metrics": metrics}
 
@@ -571,6 +570,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     think.add_argument("--steps", type=int, default=RECIPE.steps)
     think.add_argument("--batch-size", type=int, default=RECIPE.batch_size,
                        help=f"images per step, each with all its questions (default {RECIPE.batch_size})")
+    think.add_argument("--lr", type=float, default=RECIPE.lr,
+                       help=f"peak learning rate of AdamW, after warm-up and before the cosine decay (default "
+                            f"{RECIPE.lr:g}; reading which colour goes with which shape wants 1e-3 and many more "
+                            f"steps, benchmarks/README.md)")
     think.add_argument("--images", type=int, default=3000, help="training images (default 3000)")
     think.add_argument("--eval-images", type=int, default=500, help="held-out images scored at the end (default 500)")
     think.add_argument("--seed", type=int, default=RECIPE.seed)
@@ -599,12 +602,12 @@ def cmd_think(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / THINKER_FILE).exists() and not args.force:
         raise ValueError(f"{out} already holds a {THINKER_FILE}; pass --force to overwrite it")
-    for name in ("steps", "batch_size", "images", "eval_images"):
-        if getattr(args, name) <= 0:
+    for name in ("steps", "batch_size", "lr", "images", "eval_images"):
+        if not getattr(args, name) > 0:  # "not >" also refuses nan
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     set_threads(args.threads)
-    train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-                           "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
+    train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                           "seed": args.seed, "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
     result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet,
                            rule_out_unseen=not args.keep_unseen_answers, whiten=args.whiten)
     save_thinker(out, result, args.run)
