@@ -12,7 +12,11 @@ Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
 - two objects, one reader for all shapes: a small MLP fed (the asked shape, one-hot; the token), trained on
   batches of 256 questions, scored on the "test" scenes as it learns: how many examples it takes to read what the
   token holds (the Thinker sees about 11 such questions a step). Twice: on the token as it is, and whitened with
-  the statistics of ordinary training images (`tinyvit.thinker.whitening`, what `think --whiten` does).
+  the statistics of ordinary training images (`tinyvit.thinker.whitening`, what `think --whiten` does);
+- two objects, the same reader as a language model: the same "what colour is the <shape>?" questions, as text, read
+  by a Thinker (the shipped architecture, whitened token) and by the MLP, both with the same batches of 256, AdamW
+  at a constant learning rate, and the unseen answers left out as `think` does (`tinyvit.thinker.unseen_answers`);
+  scored on new seen-pair scenes and on held-out ones (`--reader-steps`, 0 skips it).
 
     python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--threads N]
 
@@ -28,8 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tinyvit.config import ThinkerConfig
 from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
-from tinyvit.thinker import encode_scenes, load_clip_encoder, whitening
+from tinyvit.text import PAD_ID
+from tinyvit.thinker import (Thinker, answer_loss, encode_qa, encode_scenes, first_answer_positions, greedy_matches,
+                             load_clip_encoder, train_tokenizer, unseen_answers, whitening)
 
 
 def tokens_of(encoder, dataset: ShapesDataset) -> torch.Tensor:
@@ -71,14 +78,16 @@ def one_object(encoder, shapes: ShapesConfig, n: int) -> dict[str, dict[str, flo
 
 
 def colour_of_shape(scenes: list[dict], x: torch.Tensor, shape: int) -> tuple[torch.Tensor, ...]:
-    """Two-object scenes holding `shape` once, in a named colour -> (tokens, its colour, the other's colour)."""
-    rows, its, other = [], [], []
+    """Two-object scenes holding `shape` once, in a named colour -> (tokens, its colour, the other's colour, whether
+    it is the main object: the one the caption names first)."""
+    rows, its, other, main = [], [], [], []
     for i, scene in enumerate(scenes):
         mine = [o for o in scene["objects"] if o["shape"] == shape]
         rest = [o for o in scene["objects"] if o["shape"] != shape]
         if len(mine) == 1 and len(rest) == 1 and mine[0]["colour"] >= 0:
             rows.append(i), its.append(mine[0]["colour"]), other.append(rest[0]["colour"])
-    return x[rows], torch.tensor(its), torch.tensor(other)
+            main.append(scene["objects"][0] is mine[0])
+    return x[rows], torch.tensor(its), torch.tensor(other), torch.tensor(main, dtype=torch.bool)
 
 
 def two_object_sets(encoder, shapes: ShapesConfig, n: int) -> tuple[list[dict], torch.Tensor, list[dict], torch.Tensor]:
@@ -93,8 +102,8 @@ def two_objects(sets: tuple) -> dict[str, tuple[float, float]]:
     train_scenes, x_train, test_scenes, x_test = sets
     out = {}
     for k, name in enumerate(SHAPES):
-        xa, ya, _ = colour_of_shape(train_scenes, x_train, k)
-        xb, yb, other = colour_of_shape(test_scenes, x_test, k)
+        xa, ya, _, _ = colour_of_shape(train_scenes, x_train, k)
+        xb, yb, other, _ = colour_of_shape(test_scenes, x_test, k)
         probe = fit_probe(xa, ya, len(COLOURS))
         out[name] = (accuracy(probe, xb, yb), accuracy(probe, xb, other))
     return out
@@ -130,7 +139,7 @@ def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tens
     def questions(scenes: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, answers = [], []
         for k in range(len(SHAPES)):
-            xs, ys, _ = colour_of_shape(scenes, x, k)
+            xs, ys, _, _ = colour_of_shape(scenes, x, k)
             inputs.append(torch.cat([F.one_hot(torch.full((len(ys),), k), len(SHAPES)).float(), xs], 1))
             answers.append(ys)
         return torch.cat(inputs), torch.cat(answers)
@@ -153,13 +162,121 @@ def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tens
     return curve
 
 
+def colour_questions(scenes: list[dict], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every "what colour is the <shape>?" that `colour_of_shape` asks of two-object scenes, all shapes together:
+    {"token" (M, E), "shape" (M,), "colour" (M,), "main" (M,) bool: the asked object is the one named first}."""
+    out: dict[str, list] = {"token": [], "shape": [], "colour": [], "main": []}
+    for k in range(len(SHAPES)):
+        xs, ys, _, main = colour_of_shape(scenes, x, k)
+        out["token"].append(xs), out["shape"].append(torch.full((len(ys),), k)), out["colour"].append(ys)
+        out["main"].append(main)
+    return {key: torch.cat(value) for key, value in out.items()}
+
+
+def colour_text(tokenizer, q: dict[str, torch.Tensor]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """`colour_questions` as the Thinker reads them -> (records, ids (M, T), answer mask (M, T)), cut to the
+    longest question and answer."""
+    records = [{"type": "colour", "question": f"what colour is the {SHAPES[k]}?", "answer": COLOURS[c]}
+               for k, c in zip(q["shape"].tolist(), q["colour"].tolist())]
+    ids, mask = encode_qa(tokenizer, records, ThinkerConfig.context_length)
+    width = int((ids != PAD_ID).sum(1).max())
+    return records, ids[:, :width], mask[:, :width]
+
+
+def mlp_colour_reader(train: dict[str, torch.Tensor], whitener: tuple[torch.Tensor, torch.Tensor]):
+    """The MLP reader of `mlp_reader` on [one-hot asked shape, whitened token], with the colours the asked shape
+    never had in `train` left out of its softmax. -> (module, loss(batch indices), right(questions) (M,) bool)."""
+    mean, w = whitener
+    seen_colours = torch.zeros(len(SHAPES), len(COLOURS), dtype=torch.bool)  # what each shape had in training
+    seen_colours[train["shape"], train["colour"]] = True
+    net = torch.nn.Sequential(torch.nn.Linear(len(SHAPES) + w.shape[0], 512), torch.nn.GELU(),
+                              torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, len(COLOURS)))
+
+    def inputs(q: dict[str, torch.Tensor]) -> torch.Tensor:  # (M, S + E)
+        return torch.cat([F.one_hot(q["shape"], len(SHAPES)).float(), (q["token"] - mean) @ w], 1)
+    x = inputs(train)
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = net(x[batch]).masked_fill(~seen_colours[train["shape"][batch]], float("-inf"))
+        return F.cross_entropy(logits, train["colour"][batch])
+
+    @torch.no_grad()
+    def right(q: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net(inputs(q)).argmax(1) == q["colour"]
+    return net, loss, right
+
+
+def thinker_colour_reader(train: dict[str, torch.Tensor], ordinary: torch.Tensor, tokenizer):
+    """A Thinker as `think --whiten` builds it (whitening fixed from `ordinary` (n, E) tokens), reading the same
+    questions as text, with `unseen_answers` left out as `think` does. -> (module, loss, right) as above."""
+    records, ids, mask = colour_text(tokenizer, train)
+    net = Thinker(ThinkerConfig(vocab_size=tokenizer.vocab_size, dim=ordinary.shape[1], whiten=True))
+    net.set_whitening(ordinary[:, None])
+    left_out = unseen_answers(records, ids, mask)  # per question: the colours its shape never had
+    ruled_out = torch.full((*ids.shape, max(map(len, left_out), default=0) or 1), -1, dtype=torch.long)  # (M, T, R)
+    for m, (first, pieces) in enumerate(zip(first_answer_positions(mask).tolist(), left_out)):
+        ruled_out[m, first, : len(pieces)] = torch.tensor(pieces, dtype=torch.long)
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        net.train()
+        return answer_loss(net(train["token"][batch, None], ids[batch]), ids[batch], mask[batch], ruled_out[batch])
+
+    def right(q: dict[str, torch.Tensor]) -> torch.Tensor:
+        _, q_ids, q_mask = colour_text(tokenizer, q)
+        return greedy_matches(net, q["token"][:, None], q_ids, q_mask)
+    return net, loss, right
+
+
+def binding_readers(sets: tuple, heldout: tuple[list[dict], torch.Tensor], ordinary: torch.Tensor, tokenizer,
+                    steps: int, readers: tuple[tuple[str, float], ...] = (("mlp", 1e-3), ("thinker", 1e-3),
+                                                                          ("thinker", 3e-3)), seed: int = 0
+                    ) -> dict[tuple[str, float], list[tuple[int, float, float, float, float]]]:
+    """The MLP reader and the Thinker on one stream of "what colour is the <shape>?" questions about two-object
+    "train" scenes: batches of 256 (the same indices for every reader), AdamW at a constant lr with weight decay
+    0.05, the token whitened with the statistics of `ordinary` (n, E) tokens, unseen answers left out.
+    -> per (reader, lr): (questions seen, seen-pair accuracy, held-out accuracy, held-out asked about the main
+    object (a held-out pair), asked about the second) at 1/8, 1/4, 1/2 and all of `steps`."""
+    train_scenes, x_train, test_scenes, x_test = sets
+    train, test, held = (colour_questions(s, x) for s, x in ((train_scenes, x_train), (test_scenes, x_test), heldout))
+    marks = {steps // 8, steps // 4, steps // 2, steps}
+    curves = {}
+    for name, lr in readers:
+        torch.manual_seed(seed)
+        net, loss, right = mlp_colour_reader(train, whitening(ordinary)) if name == "mlp" else \
+            thinker_colour_reader(train, ordinary, tokenizer)
+        optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+        order = torch.Generator().manual_seed(seed)
+        curve = []
+        for step in range(1, steps + 1):
+            optimiser.zero_grad()
+            loss(torch.randint(0, len(train["colour"]), (256,), generator=order)).backward()
+            optimiser.step()
+            if step in marks:
+                seen, hits = right(test).float(), right(held).float()
+                curve.append((step * 256, seen.mean().item(), hits.mean().item(), hits[held["main"]].mean().item(),
+                              hits[~held["main"]].mean().item()))
+        curves[(name, lr)] = curve
+    return curves
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, metavar="CLIP_RUN_DIR")
     parser.add_argument("--images", type=int, default=6000, help="training images per probe set (default 6000)")
     parser.add_argument("--mlp-steps", type=int, default=1000, help="steps of the MLP reader (default 1000)")
+    parser.add_argument("--reader-steps", type=int, default=1000,
+                        help="steps of the MLP-against-Thinker comparison (default 1000, ~3 minutes; 0 skips it)")
+    parser.add_argument("--readers", default="mlp:1e-3,thinker:1e-3,thinker:3e-3", metavar="NAME:LR,...",
+                        help="the readers compared, mlp or thinker, each at its learning rate (default "
+                             "mlp:1e-3,thinker:1e-3,thinker:3e-3; 3e-3 is `think`'s)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    try:
+        readers = tuple((name, float(lr)) for name, lr in (item.split(":") for item in args.readers.split(",")))
+    except ValueError:
+        readers = ()
+    if not readers or any(name not in ("mlp", "thinker") or not lr > 0 for name, lr in readers):
+        parser.error(f"--readers takes NAME:LR items, NAME mlp or thinker and LR > 0, got {args.readers!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder, shapes = load_clip_encoder(args.run)
@@ -175,10 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:9s} {main:.2f} / {second:.2f}")
     print("two objects (seen pairs), one MLP reader for every shape: questions seen -> the shape's colour, "
           "token as it is / whitened")
-    ordinary = whitening(tokens_of(encoder, ShapesDataset(args.images, shapes, "train", seed=1)))  # the Thinker's mix
+    ordinary_tokens = tokens_of(encoder, ShapesDataset(args.images, shapes, "train", seed=1))  # the Thinker's mix
+    ordinary = whitening(ordinary_tokens)
     curves = [mlp_reader(sets, args.mlp_steps, whitener) for whitener in (None, ordinary)]
     for (seen, raw), (_, white) in zip(*curves):
         print(f"  {seen:>8,} {raw:.2f} / {white:.2f}")
+    if args.reader_steps:
+        cfg = dataclasses.replace(shapes, min_objects=2, max_objects=2, unnamed_fraction=0.0)
+        held = ShapesDataset(args.images // 4, cfg, "heldout")
+        tokenizer = train_tokenizer(ShapesDataset(3000, shapes, "train"))  # the tokenizer `think` trains (seed 0)
+        curves = binding_readers(sets, (held.scenes(), tokens_of(encoder, held)), ordinary_tokens, tokenizer,
+                                 args.reader_steps, readers)
+        print("two objects, 'what colour is the <shape>?' read by an MLP and by a Thinker: the same batches of 256, "
+              "whitened token,\nunseen answers left out; questions seen -> seen pairs / held-out pairs (held-out: "
+              "asked about the held-out object, the main one / about the other)")
+        print("  " + " " * 8 + "".join(f"  {name} lr {lr:g}".ljust(30) for name, lr in curves))
+        for rows in zip(*curves.values()):
+            print(f"  {rows[0][0]:>8,}" + "".join(f"  {a:.2f} / {b:.2f} ({c:.2f}, {d:.2f})".ljust(30)
+                                                  for _, a, b, c, d in rows))
     return 0
 
 
