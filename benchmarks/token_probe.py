@@ -306,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print("two objects, 'what colour is the <shape>?' read by an MLP and by a Thinker: the same batches of 256, "
               "whitened token,\nunseen answers left out; questions seen -> seen pairs / held-out pairs (held-out: "
               "asked about the held-out object, the main one / about the other)")
-        print("  " + " " * 8 + "".join(f"  {name} lr {lr:g}".ljust(30) for name, lr in curves))
+        print("  " + " " * 9 + "".join(f"  {name} lr {lr:g}".ljust(30) for name, lr in curves))
         for rows in zip(*curves.values()):
-            print(f"  {rows[0][0]:>8,}" + "".join(f"  {a:.2f} / {b:.2f} ({c:.2f}, {d:.2f})".ljust(30)
+            print(f"  {rows[0][0]:>9,}" + "".join(f"  {a:.2f} / {b:.2f} ({c:.2f}, {d:.2f})".ljust(30)
                                                   for _, a, b, c, d in rows))
     return 0
 
