@@ -376,8 +376,8 @@ def test_think_lr_sets_the_peak_learning_rate_and_refuses_bad_values(runs, capsy
     assert json.loads((slow / "metrics.json").read_text())["lr"] == 1e-3
     capsys.readouterr()
     for bad, shown in (("0", "0.0"), ("-1e-3", "-0.001"), ("nan", "nan")):
-        one_line_error(capsys, ["think", "--run", runs["clip"], "--out", runs["root"] / "bad", f"--lr={bad}", "--quiet"],
-                       f"--lr must be positive, got {shown}")
+        argv = ["think", "--run", runs["clip"], "--out", runs["root"] / "bad", f"--lr={bad}", "--quiet"]
+        one_line_error(capsys, argv, f"--lr must be positive, got {shown}")
     assert not (runs["root"] / "bad").exists()
 
 

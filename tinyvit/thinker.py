@@ -500,7 +500,8 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
     metrics = {**scores, "seen_pairs": {k: seen_scores[k] for k in ("accuracy", "one_object", "two_objects")},
                "variant": variant, "image_tokens": K, "rule_out_unseen": rule_out_unseen,
                "train_seconds": round(train_seconds, 1), "steps": train.steps, "lr": train.lr, "seed": train.seed,
-               "train_images": n_images, "train_questions": len(records), "eval_images": eval_images, "final_loss": float(np.mean(history["loss"][-20:]))}
+               "train_images": n_images, "train_questions": len(records), "eval_images": eval_images,
+               "final_loss": float(np.mean(history["loss"][-20:]))}
     return {"model": model, "tokenizer": tokenizer, "encoder": encoder, "shapes": shapes, "history": history,
             "metrics": metrics}
 
@@ -607,7 +608,8 @@ def cmd_think(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     set_threads(args.threads)
     train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                           "seed": args.seed, "device": args.device, "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
+                           "seed": args.seed, "device": args.device,
+                           "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
     result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet,
                            rule_out_unseen=not args.keep_unseen_answers, whiten=args.whiten)
     save_thinker(out, result, args.run)
