@@ -18,7 +18,8 @@ Thinker's input, read with one nn.Linear each (full-batch Adam, cross-entropy):
   at a constant learning rate, and the unseen answers left out as `think` does (`tinyvit.thinker.unseen_answers`);
   scored on new seen-pair scenes and on held-out ones (`--reader-steps`, 0 skips it).
 
-    python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--threads N]
+    python benchmarks/token_probe.py --run CLIP_RUN_DIR [--images N] [--reader-steps N] [--readers NAME:LR,...]
+                                     [--threads N]
 
 The Thinker reads the same token (benchmarks/thinker_qa.py): where a probe beats the Thinker, the token holds more
 than the language model learned to use.
