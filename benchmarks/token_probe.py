@@ -125,6 +125,28 @@ def main_and_second(sets: tuple) -> dict[str, tuple[float, float]]:
     return out
 
 
+def colour_questions(scenes: list[dict], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every "what colour is the <shape>?" that `colour_of_shape` asks of two-object scenes, all shapes together:
+    {"token" (M, E), "shape" (M,), "colour" (M,), "main" (M,) bool: the asked object is the one named first}."""
+    out: dict[str, list] = {"token": [], "shape": [], "colour": [], "main": []}
+    for k in range(len(SHAPES)):
+        xs, ys, _, main = colour_of_shape(scenes, x, k)
+        out["token"].append(xs), out["shape"].append(torch.full((len(ys),), k)), out["colour"].append(ys)
+        out["main"].append(main)
+    return {key: torch.cat(value) for key, value in out.items()}
+
+
+def shape_and_token(shape: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """An MLP reader's input: [one-hot asked shape, token]. (M,), (M, E) -> (M, S + E)."""
+    return torch.cat([F.one_hot(shape, len(SHAPES)).float(), token], 1)
+
+
+def colour_mlp(in_features: int) -> torch.nn.Sequential:
+    """The MLP reader: two hidden layers of 512 with GELU, one logit per colour."""
+    return torch.nn.Sequential(torch.nn.Linear(in_features, 512), torch.nn.GELU(), torch.nn.Linear(512, 512),
+                               torch.nn.GELU(), torch.nn.Linear(512, len(COLOURS)))
+
+
 def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0
                ) -> list[tuple[int, float]]:
     """(questions seen, accuracy on "test" scenes) as an MLP learns "what colour is the <shape>?" from
@@ -137,19 +159,11 @@ def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tens
     else:
         x_train, x_test = x_train * 10, x_test * 10
 
-    def questions(scenes: list[dict], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, answers = [], []
-        for k in range(len(SHAPES)):
-            xs, ys, _, _ = colour_of_shape(scenes, x, k)
-            inputs.append(torch.cat([F.one_hot(torch.full((len(ys),), k), len(SHAPES)).float(), xs], 1))
-            answers.append(ys)
-        return torch.cat(inputs), torch.cat(answers)
-
-    (xa, ya), (xb, yb) = questions(train_scenes, x_train), questions(test_scenes, x_test)
+    train, test = colour_questions(train_scenes, x_train), colour_questions(test_scenes, x_test)
+    xa, ya = shape_and_token(train["shape"], train["token"]), train["colour"]
+    xb, yb = shape_and_token(test["shape"], test["token"]), test["colour"]
     torch.manual_seed(seed)
-    hidden = 512
-    net = torch.nn.Sequential(torch.nn.Linear(xa.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
-                              torch.nn.GELU(), torch.nn.Linear(hidden, len(COLOURS)))
+    net = colour_mlp(xa.shape[1])
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
     curve, marks = [], {steps // 32, steps // 16, steps // 8, steps // 4, steps // 2, steps}
     for step in range(1, steps + 1):
@@ -163,17 +177,6 @@ def mlp_reader(sets: tuple, steps: int, whitener: tuple[torch.Tensor, torch.Tens
     return curve
 
 
-def colour_questions(scenes: list[dict], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every "what colour is the <shape>?" that `colour_of_shape` asks of two-object scenes, all shapes together:
-    {"token" (M, E), "shape" (M,), "colour" (M,), "main" (M,) bool: the asked object is the one named first}."""
-    out: dict[str, list] = {"token": [], "shape": [], "colour": [], "main": []}
-    for k in range(len(SHAPES)):
-        xs, ys, _, main = colour_of_shape(scenes, x, k)
-        out["token"].append(xs), out["shape"].append(torch.full((len(ys),), k)), out["colour"].append(ys)
-        out["main"].append(main)
-    return {key: torch.cat(value) for key, value in out.items()}
-
-
 def colour_text(tokenizer, q: dict[str, torch.Tensor]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     """`colour_questions` as the Thinker reads them -> (records, ids (M, T), answer mask (M, T)), cut to the
     longest question and answer."""
@@ -185,16 +188,15 @@ def colour_text(tokenizer, q: dict[str, torch.Tensor]) -> tuple[list[dict], torc
 
 
 def mlp_colour_reader(train: dict[str, torch.Tensor], whitener: tuple[torch.Tensor, torch.Tensor]):
-    """The MLP reader of `mlp_reader` on [one-hot asked shape, whitened token], with the colours the asked shape
+    """`colour_mlp` on [one-hot asked shape, whitened token], with the colours the asked shape
     never had in `train` left out of its softmax. -> (module, loss(batch indices), right(questions) (M,) bool)."""
     mean, w = whitener
     seen_colours = torch.zeros(len(SHAPES), len(COLOURS), dtype=torch.bool)  # what each shape had in training
     seen_colours[train["shape"], train["colour"]] = True
-    net = torch.nn.Sequential(torch.nn.Linear(len(SHAPES) + w.shape[0], 512), torch.nn.GELU(),
-                              torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, len(COLOURS)))
+    net = colour_mlp(len(SHAPES) + w.shape[0])
 
     def inputs(q: dict[str, torch.Tensor]) -> torch.Tensor:  # (M, S + E)
-        return torch.cat([F.one_hot(q["shape"], len(SHAPES)).float(), (q["token"] - mean) @ w], 1)
+        return shape_and_token(q["shape"], (q["token"] - mean) @ w)
     x = inputs(train)
 
     def loss(batch: torch.Tensor) -> torch.Tensor:
