@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tinyvit.data import COLOURS, SHAPES, ShapesDataset
+from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
 from tinyvit.text import UNK_ID, Tokenizer
 from tinyvit.thinker import (QUESTION_TYPES, RECIPE, answer_questions, encode_scenes, evaluate_qa, load_clip_encoder,
                              load_thinker, make_qa, save_thinker, train_thinker)
@@ -49,14 +49,14 @@ def tokenizer_coverage(run: Path, n_images: int) -> str:
             f"{pieces:.1f} pieces per question")
 
 
-def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str = "test"
+def two_object_answers(thinker: tuple, shapes: ShapesConfig, n_images: int, split: str = "test"
                        ) -> tuple[dict[tuple[str, str], dict[str, int]], dict[str, list[bool]]]:
     """A saved Thinker's answers to "what colour is the <shape>?" and "what shape is the <colour> one?" on the
     two-object scenes among n_images new images of `split` ("test": seen pairs; "heldout") -> ({(type, "main" |
     "second"): {"right", "the other object's", "neither"}}, by the object asked about; {shape: [right?, ...]} for
-    the colour questions, by the shape asked about)."""
-    model, tokenizer, encoder = load_thinker(thinker_dir)
-    _, shapes = load_clip_encoder(run)
+    the colour questions, by the shape asked about). `thinker` is what `load_thinker` returns; `shapes` the CLIP
+    run's data config."""
+    model, tokenizer, encoder = thinker
     dataset = ShapesDataset(n_images, shapes, split)
     records = [r for r in make_qa(dataset) if r["n_objects"] == 2 and r["type"] in ("shape", "colour")]
     tokens = encode_scenes(encoder, dataset, model.cfg.variant)  # (n, K, E)
@@ -77,15 +77,14 @@ def two_object_answers(run: Path, thinker_dir: Path, n_images: int, split: str =
     return counts, by_shape
 
 
-def fit_check(run: Path, thinker_dir: Path, n_images: int) -> dict[str, dict]:
+def fit_check(thinker: tuple, thinker_dir: Path, shapes: ShapesConfig, n_images: int) -> dict[str, dict]:
     """A saved Thinker's exact match on the first n_images of its own training images with the questions it was
     trained on (make_qa draws them in order, so a prefix of the training set gets the same ones), and on n_images
     new images of the same pairs -> {"training images" | "new images": evaluate_qa's dict}. Thinkers saved before
     metrics.json recorded the seed were trained with the default, 0."""
-    model, tokenizer, encoder = load_thinker(thinker_dir)
+    model, tokenizer, encoder = thinker
     metrics = json.loads((thinker_dir / "metrics.json").read_text(encoding="utf-8"))
     seed, n_train = metrics.get("seed", 0), metrics["train_images"]
-    _, shapes = load_clip_encoder(run)
     out = {}
     for name, split, n in (("training images", "train", min(n_images, n_train)), ("new images", "test", n_images)):
         dataset = ShapesDataset(n, shapes, split, seed=seed)
@@ -116,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.answers:
+        thinker, shapes = load_thinker(args.answers), load_clip_encoder(args.run)[1]  # read once, used three times
         for split, name in (("test", "new images of seen pairs"), ("heldout", "held-out images")):
             print(f"{args.answers}: questions about one of two objects, {args.eval_images} {name}")
-            counts, by_shape = two_object_answers(args.run, args.answers, args.eval_images, split)
+            counts, by_shape = two_object_answers(thinker, shapes, args.eval_images, split)
             for kind in ("shape", "colour"):
                 both = {k: counts[kind, "main"][k] + counts[kind, "second"][k] for k in counts[kind, "main"]}
                 print(f"  {kind:6s} {shares(both)}")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  colour, right, by the shape asked about: " + ", ".join(
                 f"{shape} {sum(hits) / len(hits):.2f} ({len(hits)})" for shape, hits in by_shape.items() if hits))
         print(f"{args.answers}: does it fit its training questions? exact match shape / colour")
-        for name, scores in fit_check(args.run, args.answers, args.eval_images).items():
+        for name, scores in fit_check(thinker, args.answers, shapes, args.eval_images).items():
             one, two = scores["one_object"], scores["two_objects"]
             print(f"  {name:15s} ({sum(scores['n'].values())} questions): one object {one['shape']:.2f} / "
                   f"{one['colour']:.2f}, two objects {two['shape']:.2f} / {two['colour']:.2f}")
