@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -607,9 +607,8 @@ def cmd_think(args: argparse.Namespace) -> int:
         if not getattr(args, name) > 0:  # "not >" also refuses nan
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     set_threads(args.threads)
-    train = TrainConfig(**{**RECIPE.to_dict(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                           "seed": args.seed, "device": args.device,
-                           "warmup_steps": min(RECIPE.warmup_steps, args.steps // 10)})
+    train = replace(RECIPE, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    device=args.device, warmup_steps=min(RECIPE.warmup_steps, args.steps // 10))
     result = train_thinker(args.run, args.variant, train, args.images, args.eval_images, progress=not args.quiet,
                            rule_out_unseen=not args.keep_unseen_answers, whiten=args.whiten)
     save_thinker(out, result, args.run)
