@@ -3,15 +3,16 @@
 Figures (`tinyvit.viz`), notebook widgets (`tinyvit.widgets`) and exercise graders (`tinyvit.checks`) are imported as
 submodules, so `import tinyvit` needs neither matplotlib nor ipywidgets.
 """
+from .accounting import forward_flops, param_report
 from .config import TextConfig, TrainConfig, ViTConfig, seed_everything
-from .contrastive import CLIP, clip_logits, clip_loss, default_recipe, one_way_loss
+from .contrastive import CLIP, clip_logits, clip_loss, one_way_loss
+from .data import BatchConfig, ShapesConfig
+from .recipes import default_recipe, make_recipe
 from .evaluate import (
     embed_images, evaluate_clip, evaluate_shapes, recall_at_k, similarity_matrix, zero_shot_classify,
 )
-from .model import (
-    MLP, Attention, Block, VisionEncoder, VisionTransformer, forward_flops, param_report, resample_pos_embed,
-    sincos_positions,
-)
+from .model import MLP, Attention, Block, VisionEncoder, VisionTransformer, init_weights
+from .positions import resample_pos_embed, sincos_positions
 from .patches import PatchEmbed, patchify, unpatchify
 from .rollout import attention_rollout, cls_rollout_map, object_patch_mask
 from .text import TextEncoder, Tokenizer
@@ -21,10 +22,12 @@ from .train import fit, load_checkpoint, lr_at, resolve_device, save_checkpoint
 __all__ = [
     "ViTConfig", "TextConfig", "TrainConfig", "seed_everything",
     "patchify", "unpatchify", "PatchEmbed",
-    "Attention", "MLP", "Block", "VisionTransformer", "VisionEncoder", "param_report", "resample_pos_embed",
-    "forward_flops", "sincos_positions", "attention_rollout", "cls_rollout_map", "object_patch_mask",
+    "Attention", "MLP", "Block", "VisionTransformer", "VisionEncoder", "init_weights", "param_report",
+    "resample_pos_embed", "forward_flops", "sincos_positions",
+    "attention_rollout", "cls_rollout_map", "object_patch_mask",
     "Tokenizer", "TextEncoder",
-    "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe",
+    "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe", "make_recipe", "BatchConfig",
+    "ShapesConfig",
     "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",
     "Thinker", "generate", "train_thinker", "load_thinker",
     "similarity_matrix", "recall_at_k", "zero_shot_classify", "embed_images", "evaluate_clip", "evaluate_shapes",

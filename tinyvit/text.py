@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BIGRAM_HASH, TextConfig, ViTConfig
-from .model import Block
+from .config import BIGRAM_HASH, TextConfig
+from .model import Block, init_weights, trunc_normal
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -163,11 +163,8 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         if cfg.kind == "transformer":
-            # The vision Block reads only width, heads, MLP and dropout from a ViTConfig; the image fields are unused.
-            block_cfg = ViTConfig(image_size=1, patch_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                                  mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, out_dim=cfg.out_dim)
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.dim))
-            self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.depth))
+            self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.dropout) for _ in range(cfg.depth))
             self.norm = nn.LayerNorm(cfg.dim)
         if cfg.kind == "pairs":
             self.pair = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=2)  # (B, D, T) -> (B, D, T - 1): x_t and x_t+1
@@ -177,18 +174,14 @@ class TextEncoder(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Trunc-normal(0.02) for embeddings, positions, Linear and pair-convolution weights; zero biases;
-        LayerNorms at identity."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """The package's one init (`model.init_weights`), the pair convolution's weight and the positions
+        trunc-normal(0.02) too."""
+        init_weights(self)
+        if self.cfg.kind == "pairs":
+            trunc_normal(self.pair.weight)
+            nn.init.zeros_(self.pair.bias)
         if self.cfg.kind == "transformer":
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            trunc_normal(self.pos_embed)
 
     def _check(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:

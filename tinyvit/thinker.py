@@ -30,7 +30,7 @@ from .config import TextConfig, ThinkerConfig, TrainConfig, ViTConfig, read_json
 from .contrastive import CLIP
 from .data import (COLOURS, POSITIONS, SHAPES, WHERE, Batches, ShapesConfig, ShapesDataset, object_name, read_rgb,
                    to_tensor, with_article)
-from .model import Block, VisionEncoder, trunc_normal
+from .model import Block, VisionEncoder, init_weights, trunc_normal
 from .text import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from .train import THREADS_HELP, check_configs, fit, load_checkpoint, resolve_device, save_checkpoint, set_threads
 
@@ -49,23 +49,16 @@ class Thinker(nn.Module):
     def __init__(self, cfg: ThinkerConfig):
         super().__init__()
         self.cfg = cfg
-        # Block reads only width, heads, MLP and dropout from a ViTConfig; the image fields are unused.
-        block_cfg = ViTConfig(image_size=1, patch_size=1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads,
-                              mlp_dim=cfg.mlp_dim, dropout=cfg.dropout, out_dim=cfg.dim)
         # The projector's tokens are ~8 long and the N of one image point almost the same way (cosine ~0.85);
         # a LayerNorm with gain 0.02 brings them to the scale of the text embeddings and positions, so the
         # Thinker's own position embeddings can tell the N image tokens apart. It mixes nothing across tokens.
         self.image_norm = nn.LayerNorm(cfg.dim)
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_tokens, cfg.dim))
-        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.dropout) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                trunc_normal(module.weight)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+        init_weights(self)
         trunc_normal(self.pos_embed)
         nn.init.constant_(self.image_norm.weight, 0.02)
         if cfg.whiten:  # identity until set_whitening; buffers, so they are saved and loaded with the weights
