@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TextConfig, TrainConfig, ViTConfig
-from .data import ShapesConfig
+from .config import TextConfig, ViTConfig
 from .model import VisionEncoder
 from .text import TextEncoder
 
@@ -104,29 +103,3 @@ def clip_batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.
     -> symmetric InfoNCE."""
     images, tokens, *keep = batch
     return clip_loss(model(images, tokens), *keep)
-
-
-SHAPE_PHASE_SHARE = 0.5  # the default recipe's share of steps that contrast only the copies of one scene
-
-
-def default_recipe() -> dict:
-    """The settings of `python -m tinyvit train` on the built-in shapes data, in one place: {"vision": ViTConfig,
-    "text": TextConfig, "train": TrainConfig, "shapes": ShapesConfig}. The chapter's width, depth, heads and MLP
-    are kept; 64x64 images with 8x8 patches give 65 tokens instead of the chapter's 197, so a step costs about a
-    third as much, and the shapes still span several patches. What makes it learn shape and not only colour
-    (benchmarks/README.md has the experiments):
-    - light backgrounds: every named colour is darker than the paper, so an edge has one sign for the linear
-      patch embedding;
-    - hard-negative groups (one scene drawn with 4 different main shapes) fill every batch, and 30 % of the scenes
-      are in colours without a name, captioned by shape alone;
-    - for the first half of the steps the loss contrasts only the copies of one scene (shape alone), then pairs
-      that share the main shape or colour (so colour is learned, and never taught to rule a shape out);
-    - dropout 0: every step sees fresh images, so there is nothing to overfit, and the CPU step is cheaper."""
-    steps = 3000
-    return {
-        "vision": ViTConfig(image_size=64, patch_size=8, dropout=0.0),
-        "text": TextConfig(vocab_size=256, context_length=24),
-        "train": TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=250, device="auto"),
-        "shapes": ShapesConfig(image_size=64, background=(0.75, 0.95), hard_fraction=1.0, unnamed_fraction=0.3,
-                               shared_attribute_negatives=True, shape_first_steps=round(steps * SHAPE_PHASE_SHARE)),
-    }
