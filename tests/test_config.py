@@ -89,9 +89,11 @@ def test_text_and_train_configs_round_trip_and_validate():
     assert TextConfig.from_dict(text.to_dict()) == text
     train = TrainConfig(steps=10, batch_size=4)
     assert TrainConfig.from_dict(train.to_dict()) == train
-    with pytest.raises(ValueError, match=r"one of \('mean', 'pairs', 'bigrams', 'transformer'\), got 'lstm'"):
+    with pytest.raises(ValueError, match=r"one of \('mean', 'transformer'\), got 'lstm'"):
         TextConfig(kind="lstm")
-    with pytest.raises(ValueError, match="bigram_buckets must be a positive integer, got 0"):
-        TextConfig(kind="bigrams", bigram_buckets=0)
+    with pytest.raises(ValueError, match="unknown TextConfig key 'bigram_buckets'"):
+        TextConfig.from_dict({"kind": "mean", "bigram_buckets": 4096})
+    with pytest.raises(ValueError, match="context_length must leave room"):
+        TextConfig(context_length=2)
     with pytest.raises(ValueError, match="needs negatives"):
         TrainConfig(batch_size=1)

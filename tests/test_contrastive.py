@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit.config import TextConfig, ViTConfig
-from tinyvit.contrastive import (CLIP, clip_batch_loss, clip_logits, clip_loss, default_recipe, one_way_loss,
+from tinyvit.contrastive import (CLIP, clip_batch_loss, clip_logits, clip_loss, one_way_loss,
                                  shared_attribute_mask)
 
 VISION = ViTConfig(image_size=16, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64, out_dim=16)
@@ -124,19 +124,3 @@ def test_shared_attribute_mask_keeps_pairs_that_share_shape_or_colour():
     attributes = torch.tensor([[0, 2], [1, 2], [0, 3], [1, 4]])  # (shape, colour)
     expected = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
     assert torch.equal(shared_attribute_mask(attributes), expected)
-
-
-def test_default_recipe_pins_what_makes_shape_learnable():
-    from tinyvit.data import RGB
-
-    recipe = default_recipe()
-    shapes, vision, train = recipe["shapes"], recipe["vision"], recipe["train"]
-    assert (vision.dim, vision.depth, vision.heads, vision.mlp_dim, vision.out_dim) == (128, 4, 2, 512, 256)
-    # Light paper: every named colour (mean over R, G, B, plus the per-object jitter) is darker than the darkest
-    # background the recipe draws, so an edge has one sign for the linear patch embedding.
-    darkest_paper = shapes.background[0] * 255
-    assert all(sum(rgb) / 3 + shapes.colour_jitter * 255 < darkest_paper for rgb in RGB.values())
-    # Every item in a hard-negative group; the first half of the steps contrasts only the copies of one scene.
-    assert shapes.hard_fraction == 1.0 and shapes.shared_attribute_negatives
-    assert shapes.shape_first_steps == train.steps // 2
-    assert shapes.image_size == vision.image_size and 0.15 <= shapes.min_size and shapes.max_size <= 0.5

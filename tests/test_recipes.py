@@ -54,12 +54,16 @@ def test_default_recipe_pins_what_makes_shape_learnable():
     shapes, batches = recipe["shapes"], recipe["batches"]
     assert isinstance(shapes, ShapesConfig) and isinstance(batches, BatchConfig)
     assert (vision.image_size, vision.patch_size, vision.dropout) == (64, 8, 0.0) and vision.num_tokens == 65
+    assert (vision.dim, vision.depth, vision.heads, vision.mlp_dim, vision.out_dim) == (128, 4, 2, 512, 256)
     assert text.vocab_size == 256 and text.kind == "mean"
     assert (train.steps, train.batch_size, train.lr, train.warmup_steps) == (3000, 64, 1e-3, 100)
     assert shapes.image_size == vision.image_size and shapes.unnamed_fraction == 0.3
-    darkest_paper = shapes.background[0] * 255 - 10  # the faint tint reaches +-10
-    brightest_shape = max(sum(rgb) / 3 for rgb in RGB.values()) + shapes.colour_jitter * 255
-    assert brightest_shape < darkest_paper  # every named colour darker than the paper: one edge sign
+    assert 0.15 <= shapes.min_size and shapes.max_size <= 0.5
+    # Light paper: every named colour (mean over R, G, B, plus the per-object jitter) is darker than the darkest
+    # background the recipe draws, its faint tint included, so an edge has one sign for the linear patch embedding.
+    darkest_paper = shapes.background[0] * 255 - 10
+    assert all(sum(rgb) / 3 + shapes.colour_jitter * 255 < darkest_paper for rgb in RGB.values())
+    # Every item in a hard-negative group; the first half of the steps contrasts only the copies of one scene.
     assert batches.hard_fraction == 1.0 and batches.group_size == 4 and batches.shared_attribute_negatives
     assert batches.shape_first_steps == round(train.steps * SHAPE_PHASE_SHARE) == 1500
 

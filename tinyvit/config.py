@@ -51,11 +51,11 @@ class ViTConfig(DictConfig):
     mlp_dim: int = 512
     dropout: float = 0.1
     # Not in the chapter: dropout on the attention probabilities. 0 keeps PyTorch's fused attention kernel
-    # on the CPU (with it, training falls back to a path about 2x slower); timm's ViTs also default to 0.
+    # on the CPU (with it, training falls back to a slower path); timm's ViTs also default to 0.
     attn_dropout: float = 0.0
     out_dim: int = 256  # the projector's output: the Thinker's width
     # Where the learned patch positions start: "normal" (trunc-normal, std 0.02, as ViT does) or "sincos" (the 2-D
-    # sine-cosine table, model.sincos_positions). From noise, a CLS token trained with captions learned no place.
+    # sine-cosine table, positions.sincos_positions), which tells patches apart by place from the first step.
     pos_init: str = "normal"
 
     def __post_init__(self):  # fail early, with a message
@@ -146,8 +146,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-TEXT_KINDS = ("mean", "pairs", "bigrams", "transformer")
-BIGRAM_HASH = 116049371  # fastText's multiplier for word n-grams: odd and large, so rows do not repeat in a pattern
+TEXT_KINDS = ("mean", "transformer")
 
 
 @dataclass(frozen=True)
@@ -156,25 +155,19 @@ class TextConfig(DictConfig):
 
     vocab_size: int = 256
     context_length: int = 32  # tokens per caption, BOS and EOS included; longer captions are truncated
-    # "mean": the chapter's mean-pooled token embeddings (a bag of words); "pairs": that mean plus the mean of
-    # GELU(a width-2 convolution) over each two neighbouring tokens, so word order counts; "bigrams": the mean plus
-    # the mean of a learned vector per neighbouring pair of tokens (hashed into bigram_buckets rows, as fastText
-    # does); "transformer": a small encoder
+    # "mean": the chapter's mean-pooled token embeddings (a bag of words); "transformer": a small encoder
     kind: str = "mean"
     dim: int = 128
     depth: int = 2  # transformer kind only
     heads: int = 2  # transformer kind only
     mlp_dim: int = 512  # transformer kind only
-    # bigrams kind only: rows of the pair table; pair (a, b) -> row (a * BIGRAM_HASH + b) % rows. 4,096 x dim
-    # parameters (0.5 M at dim 128); the shapes captions' 152 pairs take 152 different rows
-    bigram_buckets: int = 4096
     dropout: float = 0.0
     out_dim: int = 256  # the shared image-text embedding size E; must equal ViTConfig.out_dim
 
     def __post_init__(self):
         if self.kind not in TEXT_KINDS:
             raise ValueError(f"TextConfig.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
-        for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "bigram_buckets", "out_dim"):
+        for name in ("vocab_size", "context_length", "dim", "depth", "heads", "mlp_dim", "out_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TextConfig.{name} must be a positive integer, got {value!r}")
@@ -202,7 +195,7 @@ class TrainConfig(DictConfig):
     seed: int = 0
     device: str = "cpu"  # "auto" picks a GPU when one is present
     # "auto": mixed precision on CUDA, fp32 elsewhere; "fp32": never mixed; "bf16": bfloat16 autocast on any device,
-    # worth it on CPUs with AVX-512 BF16 or AMX (CLIP steps 1.45-1.66x faster here at 64x64), slow on CPUs without them
+    # worth it on CPUs with AVX-512 BF16 or AMX, slow on CPUs without them (benchmarks/README.md)
     precision: str = "auto"
 
     def __post_init__(self):

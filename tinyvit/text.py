@@ -12,10 +12,9 @@ from typing import Sequence
 
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import BIGRAM_HASH, TextConfig
+from .config import TextConfig
 from .model import Block, init_weights, trunc_normal
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -148,13 +147,6 @@ class TextEncoder(nn.Module):
 
     kind "mean": the chapter's option 2, the mean of the token embeddings over non-pad positions, then a Linear.
     A bag of words: "a red square above a blue star" and "a blue square above a red star" give the same vector.
-    kind "pairs": that mean plus the mean, over each two neighbouring non-pad tokens (t, t+1), of GELU(W0 x_t +
-    W1 x_t+1 + b), then the Linear. The GELU makes "red square" a feature of its own, not red + square, so the
-    two captions above differ (learned features of neighbouring pairs).
-    kind "bigrams": that mean plus the mean, over each two neighbouring non-pad tokens (a, b), of a learned vector
-    of its own, row (a * BIGRAM_HASH + b) % bigram_buckets of a table (the hashing trick fastText uses for word
-    n-grams): "red square" has its own vector from the first step, while a pair no caption trained keeps its small
-    initial one.
     kind "transformer": token + position embeddings -> pre-norm blocks (padding masked) -> LayerNorm -> the same
     masked mean -> Linear. Padding never changes the output; a row of only padding gives a finite vector."""
 
@@ -166,20 +158,12 @@ class TextEncoder(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.dim))
             self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_dim, cfg.dropout) for _ in range(cfg.depth))
             self.norm = nn.LayerNorm(cfg.dim)
-        if cfg.kind == "pairs":
-            self.pair = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=2)  # (B, D, T) -> (B, D, T - 1): x_t and x_t+1
-        if cfg.kind == "bigrams":
-            self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.dim)
         self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
         self.init_weights()
 
     def init_weights(self) -> None:
-        """The package's one init (`model.init_weights`), the pair convolution's weight and the positions
-        trunc-normal(0.02) too."""
+        """The package's one init (`model.init_weights`), and the positions trunc-normal(0.02) too."""
         init_weights(self)
-        if self.cfg.kind == "pairs":
-            trunc_normal(self.pair.weight)
-            nn.init.zeros_(self.pair.bias)
         if self.cfg.kind == "transformer":
             trunc_normal(self.pos_embed)
 
@@ -192,10 +176,6 @@ class TextEncoder(nn.Module):
                              f"got ids from {int(tokens.min())} to {int(tokens.max())}")
         if self.cfg.kind == "transformer" and tokens.shape[1] > self.cfg.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens per caption exceed context_length {self.cfg.context_length}")
-
-    def bigram_rows(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The table row of each neighbouring pair (tokens[:, t], tokens[:, t + 1]): (B, T) -> (B, T - 1)."""
-        return (tokens[:, :-1] * BIGRAM_HASH + tokens[:, 1:]) % self.cfg.bigram_buckets
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) long ids, PAD_ID = 0 for padding -> (B, E)."""
@@ -212,12 +192,6 @@ class TextEncoder(nn.Module):
                 x = block(x, attn_mask=attn_mask)[0]
             x = self.norm(x)
         pooled = _masked_mean(x, keep)  # (B, D)
-        if self.cfg.kind == "pairs" and T > 1:
-            pairs = F.gelu(self.pair(x.transpose(1, 2))).transpose(1, 2)  # (B, T - 1, D)
-            pooled = pooled + _masked_mean(pairs, keep[:, 1:] & keep[:, :-1])  # pairs of real tokens only
-        if self.cfg.kind == "bigrams" and T > 1:
-            rows = self.bigram_rows(tokens)  # (B, T - 1)
-            pooled = pooled + _masked_mean(self.bigram_embed(rows), keep[:, 1:] & keep[:, :-1])
         return self.projector(pooled)  # (B, E)
 
 
