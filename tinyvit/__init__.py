@@ -15,9 +15,10 @@ from .model import MLP, Attention, Block, VisionEncoder, VisionTransformer, init
 from .positions import resample_pos_embed, sincos_positions
 from .patches import PatchEmbed, patchify, unpatchify
 from .rollout import attention_rollout, cls_rollout_map, object_patch_mask
+from .runs import load_checkpoint, load_clip_encoder, load_run, read_run_config, save_checkpoint
 from .text import TextEncoder, Tokenizer
 from .thinker import Thinker, generate, load_thinker, train_thinker
-from .train import fit, load_checkpoint, lr_at, resolve_device, save_checkpoint
+from .train import fit, lr_at, resolve_device
 
 __all__ = [
     "ViTConfig", "TextConfig", "TrainConfig", "seed_everything",
@@ -28,7 +29,8 @@ __all__ = [
     "Tokenizer", "TextEncoder",
     "CLIP", "clip_logits", "clip_loss", "one_way_loss", "default_recipe", "make_recipe", "BatchConfig",
     "ShapesConfig",
-    "fit", "lr_at", "resolve_device", "save_checkpoint", "load_checkpoint",
+    "fit", "lr_at", "resolve_device",
+    "load_run", "load_clip_encoder", "read_run_config", "save_checkpoint", "load_checkpoint",
     "Thinker", "generate", "train_thinker", "load_thinker",
     "similarity_matrix", "recall_at_k", "zero_shot_classify", "embed_images", "evaluate_clip", "evaluate_shapes",
 ]

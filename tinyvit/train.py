@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import pickle
 import random
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TextConfig, TrainConfig, seed_everything
-
-FORMAT = "tinyvit-checkpoint"
-FORMAT_VERSION = 1
-
+from .config import TrainConfig, seed_everything
+from .runs import check_configs, load_checkpoint, save_checkpoint
 
 THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is often faster on a machine busy with other work)"
 
@@ -76,8 +70,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """`fit`'s AdamW: betas (0.9, 0.98), eps 1e-6, weight decay as `param_groups` says, and torch's fused kernel
-    where it has one (CPU, CUDA, MPS): one pass over all the parameters instead of a loop of small ops per tensor.
-    On the CPU that cut the default recipe's optimiser step from 2.1 to 0.5 ms; the update is the same AdamW."""
+    where it has one (CPU, CUDA, MPS): one pass over all the parameters instead of a loop of small ops per tensor;
+    the update is the same AdamW."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
                              fused=device.type in ("cpu", "cuda", "mps"))
 
@@ -226,77 +220,3 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_checkpoint(path: str | Path, **state: Any) -> Path:
-    """Write `state` (tensors, dicts, lists, numbers, strings, bytes) atomically: into a temp file in the same
-    folder, then os.replace, so a crash mid-write never leaves a half-written checkpoint under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with torch.load(weights_only=True): plain data only, no code runs on loading."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a readable tinyvit checkpoint: {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a tinyvit checkpoint (no '{FORMAT}' marker); was it saved by tinyvit.train?")
-    if ckpt.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format version {ckpt.get('version')}, expected {FORMAT_VERSION}")
-    return ckpt
-
-
-def check_configs(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> None:
-    """Raise a ValueError naming every field where two nested config dicts differ (expected vs found)."""
-    problems = _config_diff(expected, found, prefix)
-    if problems:
-        raise ValueError("checkpoint config does not match the model: " + "; ".join(problems))
-
-
-#: Config fields added after runs were shipped, with the value every older run implicitly had: a config without
-#: one of them matches a config that holds exactly that value.
-ADDED_FIELDS: dict[str, Any] = {"pos_init": "normal", "bigram_buckets": TextConfig.bigram_buckets}
-
-
-def _config_diff(expected: Any, found: Any, prefix: str) -> list[str]:
-    if isinstance(expected, dict) and isinstance(found, dict):
-        out = []
-        for key in list(expected) + [k for k in found if k not in expected]:
-            name = f"{prefix}.{key}" if prefix else str(key)
-            one = expected.get(key, found.get(key))
-            if (key not in found or key not in expected) and key in ADDED_FIELDS and one == ADDED_FIELDS[key]:
-                continue  # an older config, from before the field existed
-            if key not in found:
-                out.append(f"{name}: expected {expected[key]!r}, found nothing")
-            elif key not in expected:
-                out.append(f"{name}: expected nothing, found {found[key]!r}")
-            else:
-                out += _config_diff(expected[key], found[key], name)
-        return out
-    return [] if expected == found else [f"{prefix}: expected {expected!r}, found {found!r}"]
-
-
-def load_model(model: nn.Module, ckpt: dict[str, Any], configs: dict[str, Any] | None = None) -> nn.Module:
-    """Load a checkpoint's weights into `model` after checking `configs` against the checkpoint's ("configs")."""
-    if configs is not None:
-        check_configs(configs, ckpt.get("configs", {}))
-    unwrap(model).load_state_dict(ckpt["model"])
-    return model
