@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from shapes_variant import variant_items  # noqa: E402
 
-from tinyvit.__main__ import load_run, negatives_mask  # noqa: E402
+from tinyvit import load_run  # noqa: E402
+from tinyvit.data import negatives_mask  # noqa: E402
 from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
 from tinyvit.data import (POSITIONS, HardNegativeBatches, ShapesConfig, ShapesDataset,  # noqa: E402
                           caption_options, heldout_pairs, object_name, to_tensor)

@@ -34,7 +34,7 @@ from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
 from tinyvit.text import UNK_ID, Tokenizer
 from tinyvit.thinker import (QUESTION_TYPES, RECIPE, answer_questions, encode_scenes, evaluate_qa, load_clip_encoder,
                              load_thinker, make_qa, save_thinker, train_thinker)
-from tinyvit.train import load_checkpoint
+from tinyvit import load_checkpoint
 
 
 def tokenizer_coverage(run: Path, n_images: int) -> str:
