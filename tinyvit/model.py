@@ -1,7 +1,5 @@
 """Steps 4-7 of the chapter: CLS token and positions, pre-norm transformer blocks, CLS pooling, projector.
-
-Shapes: B batch, P patches, N = P + 1 tokens, D width, h heads, Dh = D // h, E = out_dim.
-"""
+Shapes: B batch, P patches, N = P + 1 tokens, D width, h heads, Dh = D // h, E = out_dim."""
 from __future__ import annotations
 
 import torch
@@ -14,14 +12,12 @@ from .positions import resample_pos_embed, sincos_positions
 
 
 def trunc_normal(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
-    """Normal(0, std) cut at two standard deviations (`nn.init.trunc_normal_`'s own bounds, -2 and 2, are absolute:
-    for std 0.02 they cut nothing)."""
+    """Normal(0, std) cut at 2 std (`nn.init.trunc_normal_`'s own bounds, -2 and 2, would cut nothing)."""
     return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
 def init_weights(module: nn.Module) -> None:
-    """The one init of every tinyvit model: Linear and Embedding weights trunc-normal(0.02), zero biases,
-    LayerNorms at identity."""
+    """The one init of every tinyvit model: Linear, Embedding weights trunc-normal; zero biases; LayerNorm = 1."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             trunc_normal(m.weight)
@@ -33,9 +29,8 @@ def init_weights(module: nn.Module) -> None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv Linear. (B, N, D) -> (B, N, D).
-    `fused`: PyTorch's `scaled_dot_product_attention`; else the explicit softmax, which is also the path taken
-    whenever the caller asks for the (B, h, N, N) weights."""
+    """Multi-head self-attention with one fused qkv Linear. (B, N, D) -> (B, N, D). `fused`: PyTorch's kernel,
+    else the explicit softmax, the path also taken whenever the caller asks for the (B, h, N, N) weights."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, attn_dropout: float = 0.0, fused: bool = True):
         super().__init__()
@@ -57,8 +52,7 @@ class Attention(nn.Module):
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(x[:, :queries], w[:D], b[:D]).view(B, queries, h, Dh).transpose(1, 2)  # (B, h, Q, Dh)
             k, v = F.linear(x, w[D:], b[D:]).view(B, N, 2, h, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, Dh)
-        p = self.attn_dropout if self.training else 0.0
-        weights = None
+        p, weights = (self.attn_dropout if self.training else 0.0), None
         if self.fused and not return_attention:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, h, N, Dh)
         else:  # explicit, so that a learner (and viz.py) can see the softmax weights
@@ -131,14 +125,11 @@ class VisionTransformer(nn.Module):
         """The (1, N, D) position embeddings for this batch's grid, resampled only when allowed."""
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)
         g, s = self.cfg.grid_size, self.cfg.image_size
-        if grid == (g, g):
-            return self.pos_embed
-        if not interpolate_pos:
-            raise ValueError(
-                f"image size {images.shape[-2]}x{images.shape[-1]} gives a {grid[0]}x{grid[1]} patch grid, but the "
-                f"position embeddings cover {g}x{g} (image_size {s}): "
-                f"resize the image to {s}x{s}, or pass interpolate_pos=True to resample the positions")
-        return resample_pos_embed(self.pos_embed, grid)
+        if grid != (g, g) and not interpolate_pos:
+            raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} gives a {grid[0]}x{grid[1]} patch "
+                             f"grid, but the position embeddings cover {g}x{g} (image_size {s}): resize the image "
+                             f"to {s}x{s}, or pass interpolate_pos=True to resample the positions")
+        return resample_pos_embed(self.pos_embed, grid)  # the same grid: pos_embed itself
 
     def embed_tokens(self, images: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
         """Patches, CLS token and positions, before the blocks: (B, C, H, W) -> (B, N, D)."""
@@ -149,8 +140,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
         """All tokens after the final norm: (B, C, H, W) -> (B, N, D); with `return_attention`, also a list of
         `depth` weight tensors (B, h, N, N)."""
-        x = self.embed_tokens(images, interpolate_pos)
-        attentions = []
+        x, attentions = self.embed_tokens(images, interpolate_pos), []
         for block in self.blocks:
             x, weights = block(x, return_attention)
             attentions.append(weights)
@@ -158,11 +148,9 @@ class VisionTransformer(nn.Module):
         return (x, attentions) if return_attention else x
 
     def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
-        """The CLS token: (B, C, H, W) -> (B, D) (and the attention list when asked for).
-
-        Only the CLS token leaves the model, so the last block updates only the CLS token (as nanoGPT's
-        `x[:, [-1], :]` at generation): its queries, output projection and MLP run on 1 token instead of N, its keys
-        and values still come from all N. The result equals `forward_features(images)[:, 0]` (tested)."""
+        """The CLS token: (B, C, H, W) -> (B, D) (and the attention list when asked for). Only the CLS token leaves,
+        so the last block updates only it (as nanoGPT's `x[:, [-1], :]`): its queries, output projection and MLP run
+        on 1 token, its keys and values still on all N. The result equals `forward_features(images)[:, 0]`."""
         if return_attention:  # the attention maps of every token are wanted: the full path
             tokens, attentions = self.forward_features(images, True, interpolate_pos)
             return tokens[:, 0], attentions
@@ -184,9 +172,7 @@ class VisionEncoder(VisionTransformer):
     def forward(self, images: torch.Tensor, return_attention: bool = False, interpolate_pos: bool = False):
         """(B, C, H, W) -> (B, E); with `return_attention`, (embedding, [(B, h, N, N)] * depth)."""
         out = super().forward(images, return_attention, interpolate_pos)
-        if return_attention:
-            return self.projector(out[0]), out[1]
-        return self.projector(out)  # (B, E)
+        return (self.projector(out[0]), out[1]) if return_attention else self.projector(out)  # (B, E)
 
     def encode_image(self, images: torch.Tensor, interpolate_pos: bool = False) -> torch.Tensor:
         """L2-normalised image embeddings, as the contrastive loss compares them. (B, C, H, W) -> (B, E)."""
