@@ -132,10 +132,11 @@ def test_make_recipe_reads_sections_a_run_config_and_a_bare_vit_config(tmp_path)
     ({"vision": {}, "model": {"dim": 8}}, "unknown section 'model'"),
     ({"model": {"dim": 8}}, "unknown ViTConfig key 'model'"),  # no known section: a bare ViT config
     ({"vision": 3}, "unknown section 'vision'"),
-    ({"shapes": {"hard_fraction": 1.0}}, r"\['hard_fraction'\] belong in the 'batches' section"),
-    ({"shapes": {"late_background": [0.1, 0.2]}}, "unknown ShapesConfig key 'late_background'"),
+    ({"shapes": {"late_background": [0.1, 0.2]}}, "shapes.late_background is a research option"),
+    ({"shapes": {"colour": "red"}}, "unknown ShapesConfig key 'colour'"),
     ({"batches": {"binding_fraction": 0.5}}, "unknown BatchConfig key 'binding_fraction'"),
-    ({"text": {"kind": "bigrams"}}, "TextConfig.kind must be one of"),
+    ({"text": {"kind": "bigrams"}}, "the text encoder kind 'bigrams' is no longer part of tinyvit"),
+    ({"text": {"kind": "lstm"}}, "TextConfig.kind must be one of"),
 ])
 def test_make_recipe_refuses_unknown_or_misplaced_settings_by_name(config, message):
     with pytest.raises(ValueError, match=message):
@@ -144,3 +145,13 @@ def test_make_recipe_refuses_unknown_or_misplaced_settings_by_name(config, messa
 
 def test_cli_defaults():
     assert EVAL_ITEMS == 500 and TOKENIZER_CAPTIONS == 4000 and PRELOAD_BYTES == 1 << 30
+
+
+def test_make_recipe_reads_a_run_saved_by_older_code():
+    # data/shapes_clip was saved with the batch keys inside "shapes": they land in "batches", as the run had them
+    recipe = make_recipe(Path(__file__).resolve().parents[1] / "data" / "shapes_clip" / "config.json")
+    default = default_recipe()
+    assert recipe["batches"] == default["batches"] and recipe["shapes"] == default["shapes"]
+    assert recipe["vision"] == default["vision"] and recipe["train"].steps == 3000
+    moved = make_recipe({"shapes": {"hard_fraction": 1.0, "shape_first_steps": 20}}, steps=50)
+    assert moved["batches"].shape_first_steps == 20 and "hard_fraction" not in moved["shapes"].to_dict()

@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_object
 from .data import BatchConfig, ShapesConfig
+from .runs import convert_old_configs
 
 SHAPE_PHASE_SHARE = 0.5  # the default recipe's share of steps that contrast only the copies of one scene
 EVAL_ITEMS = 500  # items scored at the end of a run; 200 of them during it
@@ -83,7 +84,7 @@ def make_recipe(config_file: str | Path | dict | None = None, **flags: Any) -> d
 
 def _read_config(config_file: str | Path | dict | None) -> dict[str, dict]:
     """The sections of a config file, checked: a bare ViT config becomes {"vision": ...}; "data" (where a run's
-    data came from) is dropped."""
+    data came from) is dropped; a run saved by older code is converted (runs.convert_old_configs)."""
     if config_file is None:
         return {}
     name = "the config" if isinstance(config_file, dict) else str(config_file)
@@ -95,8 +96,4 @@ def _read_config(config_file: str | Path | dict | None) -> dict[str, dict]:
         if section not in SECTIONS or not isinstance(values, dict):
             raise ValueError(f"{name}: unknown section {section!r}; expected some of {', '.join(SECTIONS)}, each a "
                              f"JSON object")
-    misplaced = set(data.get("shapes", {})) & {f.name for f in dataclasses.fields(BatchConfig)}
-    if misplaced:
-        raise ValueError(f"{name}: {sorted(misplaced)} belong in the 'batches' section, not 'shapes' "
-                         f"(tinyvit.runs.read_run_config converts a run saved by older code)")
-    return data
+    return convert_old_configs(data, name)  # a run saved by older tinyvit: its batch keys were in "shapes"
