@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import tinyvit.__main__ as cli
+import tinyvit.cli as cli
 from tinyvit.data import ShapesConfig, export_shapes
+from tinyvit.recipes import default_recipe
 
 TINY = {"vision": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
         "text": {"dim": 32, "context_length": 16}, "train": {"eval_every": 0, "warmup_steps": 1}}
@@ -58,6 +59,7 @@ def test_train_on_a_manifest_writes_a_complete_run(work):
     assert history["step"] == [1, 2, 3, 4] and len(history["loss"]) == 4
     config = json.loads((run_dir / "config.json").read_text())
     assert config["vision"]["depth"] == 1 and config["vision"]["image_size"] == 16 and config["train"]["steps"] == 4
+    assert not {"shapes", "batches"} & set(config) and config["data"] == str(work["manifest"])
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "recall@1" in work["train"].stdout
 
@@ -94,7 +96,8 @@ def test_train_without_data_uses_the_shapes_recipe_and_reports_heldout_accuracy(
     assert metrics["n"] == cli.EVAL_ITEMS
     for key in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1"):
         assert 0 <= metrics[key] <= 1
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["shapes"]["image_size"] == 16
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["shapes"]["image_size"] == 16 and config["batches"] == default_recipe(4)["batches"].to_dict()
 
 
 def test_bad_input_exits_2_with_one_clear_line(work, tmp_path, capsys):
@@ -151,7 +154,9 @@ def test_usage_errors_are_one_line_from_a_subprocess(work):
 
 @pytest.mark.parametrize("command, words", [("train", ["--out", "--data", "--steps", "--device", "--force"]),
                                             ("eval", ["--run", "--classes", "--label-key"]),
-                                            ("embed", ["--run", "IMAGE", ".npy"])])
+                                            ("embed", ["--run", "IMAGE", ".npy"]),
+                                            ("think", ["--run", "--out", "--variant", "--whiten"]),
+                                            ("ask", ["--run", "IMAGE", "QUESTION", "--temperature"])])
 def test_help_documents_each_command(command, words, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -189,7 +194,7 @@ def test_config_file_merges_over_the_recipe_and_flags_win(tmp_path):
     args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(source), "--patch-size", "16"])
     recipe = cli.recipe_from_args(args)
     assert (recipe["vision"].image_size, recipe["vision"].patch_size, recipe["vision"].dim) == (32, 16, 64)
-    assert recipe["shapes"].image_size == 32 and recipe["train"] == cli.default_recipe()["train"]
+    assert recipe["shapes"].image_size == 32 and recipe["train"] == default_recipe()["train"]
     sections = tmp_path / "run_config.json"
     sections.write_text(json.dumps({"train": {"steps": 50, "device": "cpu"}, "data": "shapes"}))
     args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(sections), "--lr", "0.01"])
@@ -199,57 +204,35 @@ def test_config_file_merges_over_the_recipe_and_flags_win(tmp_path):
     assert cli.recipe_from_args(args)["train"].warmup_steps == 3  # a short run gets a short warm-up
 
 
+def test_a_runs_config_json_works_as_a_config_file(work):
+    args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(work["run"] / "config.json")])
+    recipe = cli.recipe_from_args(args)
+    saved = json.loads((work["run"] / "config.json").read_text())
+    assert recipe["vision"].to_dict() == saved["vision"] and recipe["train"].to_dict() == saved["train"]
+
+
+def test_python_m_tinyvit_and_the_console_script_share_one_main():
+    from tinyvit.__main__ import main  # pyproject's [project.scripts] entry point
+
+    assert main is cli.main
+    result = subprocess.run([sys.executable, "-m", "tinyvit", "--help"], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0 and all(c in result.stdout for c in ("train", "eval", "embed", "think", "ask"))
+
+
 def test_threads_must_be_positive(tmp_path, capsys):
     err = one_error_line(capsys, tiny_train_args(tmp_path / "t", "--threads", "0"))
     assert "--threads must be at least 1, got 0" in err
 
 
-def test_negatives_mask_contrasts_one_scene_first_then_shared_attributes():
-    from tinyvit.data import HardNegativeBatches
-
-    shapes = ShapesConfig(hard_fraction=1.0, group_size=4, shared_attribute_negatives=True, shape_first_steps=2)
-    loader = HardNegativeBatches(shapes, 8, seed=0)
-    _, _, indices = loader(1)
-    early = cli.negatives_mask(shapes, loader, 1, indices)
-    assert torch.equal(early, torch.block_diag(torch.ones(4, 4), torch.ones(4, 4)).bool())  # two groups of 4
-    late = cli.negatives_mask(shapes, loader, 2, loader(2)[2])
-    attributes = loader.attributes(2)
-    assert torch.equal(late, (attributes[:, None] == attributes[None]).any(-1))
-    plain = ShapesConfig(hard_fraction=1.0)
-    assert cli.negatives_mask(plain, HardNegativeBatches(plain, 8), 0, indices) is None
-
-
-def test_negatives_mask_contrasts_a_binding_item_with_its_traded_copy_alone():
-    from tinyvit.data import HardNegativeBatches
-
-    for shared in (True, False):
-        shapes = ShapesConfig(hard_fraction=1.0, shared_attribute_negatives=shared, shape_first_steps=1,
-                              binding_fraction=0.5)
-        loader = HardNegativeBatches(shapes, 16, seed=0)
-        keep = cli.negatives_mask(shapes, loader, 1, loader(1)[2])  # groups 0-1 bind: items 0-7, in pairs
-        assert torch.equal(keep[:8, :8], torch.block_diag(*[torch.ones(2, 2)] * 4).bool())
-        assert not keep[:8, 8:].any() and not keep[8:, :8].any()  # "a red square" is true of other images
-        attributes = loader.attributes(1)[8:]
-        rest = (attributes[:, None] == attributes[None]).any(-1) if shared else torch.ones(8, 8, dtype=torch.bool)
-        assert torch.equal(keep[8:, 8:], rest)
-
-
-def test_shape_first_steps_needs_every_item_in_a_group():
-    with pytest.raises(ValueError, match="hard_fraction 1.0"):
-        ShapesConfig(shape_first_steps=10, hard_fraction=0.5)
-    with pytest.raises(ValueError, match="shape_first_steps"):
-        ShapesConfig(shape_first_steps=-1, hard_fraction=1.0)
-
-
 def test_other_step_counts_keep_the_recipes_shape_phase_share(tmp_path):
-    base = cli.default_recipe()
-    share = base["shapes"].shape_first_steps / base["train"].steps
+    base = default_recipe()
+    share = base["batches"].shape_first_steps / base["train"].steps
     args = cli.build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--steps", "100"])
-    assert cli.recipe_from_args(args)["shapes"].shape_first_steps == round(100 * share)
+    assert cli.recipe_from_args(args)["batches"].shape_first_steps == round(100 * share)
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"train": {"steps": 40}, "shapes": {"shape_first_steps": 30}}))
+    config.write_text(json.dumps({"train": {"steps": 40}, "batches": {"shape_first_steps": 30}}))
     args = cli.build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--config", str(config)])
-    assert cli.recipe_from_args(args)["shapes"].shape_first_steps == 30  # named in the config: kept
+    assert cli.recipe_from_args(args)["batches"].shape_first_steps == 30  # named in the config: kept
 
 
 def test_cli_learns_real_handwritten_digits_from_their_manifest(tmp_path):
