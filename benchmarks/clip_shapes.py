@@ -21,6 +21,7 @@ only in the place; and binding alone: a two-object scene and its colour-traded c
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -28,43 +29,49 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from shapes_variant import variant_items  # noqa: E402
 
-from tinyvit import load_run  # noqa: E402
-from tinyvit.data import negatives_mask  # noqa: E402
-from tinyvit.contrastive import SHAPE_PHASE_SHARE, CLIP, clip_batch_loss, default_recipe  # noqa: E402
-from tinyvit.data import (POSITIONS, HardNegativeBatches, ShapesConfig, ShapesDataset,  # noqa: E402
-                          caption_options, heldout_pairs, object_name, to_tensor)
+from tinyvit.contrastive import CLIP, clip_batch_loss  # noqa: E402
+from tinyvit.data import (COLOURS, HELDOUT, POSITIONS, SHAPES, BatchConfig, HardNegativeBatches,  # noqa: E402
+                          ShapesConfig, ShapesDataset, caption_options, draw_objects, heldout_pairs, make_scene,
+                          negatives_mask, object_name, to_tensor, with_article)
 from tinyvit.evaluate import (class_embeddings, embed_images, embed_texts, evaluate_shapes,  # noqa: E402
                               oracle_hits, shapes_prompts)
+from tinyvit.recipes import TOKENIZER_CAPTIONS, default_recipe  # noqa: E402
+from tinyvit.runs import load_run, read_run_config  # noqa: E402
 from tinyvit.text import Tokenizer  # noqa: E402
 from tinyvit.train import fit  # noqa: E402
 
 
 def naive_recipe() -> dict:
-    """The default recipe before issue 4 (until commit 782ab7b): mid-grey backgrounds, plain batches of fresh items,
-    every other caption a negative, the chapter's dropout 0.1, 600 steps with 50 of warm-up. The shortcut model."""
-    recipe = default_recipe()
+    """The default recipe before the shape cures (until commit 782ab7b): mid-grey backgrounds, plain batches of fresh
+    items, every other caption a negative, the chapter's dropout 0.1, 600 steps with 50 of warm-up. The shortcut."""
+    recipe = default_recipe(600)
     recipe["shapes"] = ShapesConfig(image_size=recipe["vision"].image_size)  # the data's defaults: none of the cures
+    recipe["batches"] = BatchConfig()
     recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=0.1)
     recipe["train"] = dataclasses.replace(recipe["train"], steps=600, warmup_steps=50, eval_every=100)
     return recipe
 
 
 def recipe_for(args: argparse.Namespace) -> dict:
-    recipe = naive_recipe() if args.recipe == "naive" else default_recipe()
-    shapes = {k: v for k, v in (("hard_fraction", args.hard_fraction), ("unnamed_fraction", args.unnamed_fraction),
-                                ("shape_first_steps", args.shape_first_steps),
+    """The recipe asked for, built for --steps (the default recipe keeps its share of shape-only steps)."""
+    if args.recipe == "naive":
+        recipe = naive_recipe()
+    else:
+        recipe = default_recipe() if args.steps is None else default_recipe(args.steps)
+    shapes = {k: v for k, v in (("unnamed_fraction", args.unnamed_fraction),
                                 ("background", args.background and tuple(args.background))) if v is not None}
     recipe["shapes"] = dataclasses.replace(recipe["shapes"], **shapes)
+    batches = {k: v for k, v in (("hard_fraction", args.hard_fraction), ("shape_first_steps", args.shape_first_steps))
+               if v is not None}
+    recipe["batches"] = dataclasses.replace(recipe["batches"], **batches)
     if args.dropout is not None:
         recipe["vision"] = dataclasses.replace(recipe["vision"], dropout=args.dropout)
-    if args.steps is not None and args.shape_first_steps is None and recipe["shapes"].shape_first_steps:
-        shape_steps = round(args.steps * SHAPE_PHASE_SHARE)  # the recipe's share of shape-only steps
-        recipe["shapes"] = dataclasses.replace(recipe["shapes"], shape_first_steps=shape_steps)
     train = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("batch_size", args.batch_size))
              if v is not None}
     recipe["train"] = dataclasses.replace(recipe["train"], device="cpu", eval_every=args.eval_every, **train)
@@ -129,20 +136,36 @@ def place_accuracy(model: CLIP, tokenizer: Tokenizer, dataset: ShapesDataset) ->
     return (picked == torch.tensor([obj["position"] for obj in objects])).float().mean().item()
 
 
+BINDING_INDICES = 2**40  # binding scenes come from scene indices far above any training stream's
+
+
+def can_bind(objects: list[dict]) -> bool:
+    """Two objects in named colours whose traded colours make no held-out pair."""
+    if len(objects) != 2 or min(o["colour"] for o in objects) < 0:
+        return False
+    a, b = objects
+    return all((SHAPES[x["shape"]], COLOURS[y["colour"]]) not in HELDOUT for x, y in ((a, b), (b, a)))
+
+
 def binding_pairs(model: CLIP, tokenizer: Tokenizer, shapes: ShapesConfig, n: int = 512, seed: int = 1000) -> float:
-    """Binding groups (ShapesConfig.binding_fraction) from a stream no training run uses: a two-object scene as
-    drawn and with its colours traded, each captioned by the same one of its objects ("a red square" / "a blue
-    square"). How often does an image score its own caption above its traded copy's? Chance is 0.5; only which
-    colour goes with which shape tells the two apart."""
-    cfg = dataclasses.replace(shapes, hard_fraction=1.0, binding_fraction=1.0, shape_first_steps=0, place_fraction=0.0)
-    stream = HardNegativeBatches(cfg, 64, seed=seed)
-    images, captions = [], []
-    for step in range(n // 64):
-        batch_images, batch_captions, _ = stream(step)
-        images.append(batch_images)
-        captions += batch_captions
+    """Two-object scenes from a stream no training run uses, each drawn as it is and with its two colours traded
+    (a red square and a blue star; a blue square and a red star), both captioned by the same one of its objects
+    ("a red square" / "a blue square"). How often does an image score its own caption above its traded copy's?
+    Chance is 0.5; only which colour goes with which shape tells the two apart. (The package's former binding
+    groups, ShapesConfig.binding_fraction until commit 8ead211, drew such pairs for training.)"""
+    images, captions, index = [], [], BINDING_INDICES
+    while len(images) < n:
+        scene, rng = make_scene(index, shapes, "train", seed)
+        objects = scene["objects"]
+        if can_bind(objects):
+            named = int(np.random.default_rng([seed, index, 3]).integers(2))
+            a, b = objects
+            for drawn in (objects, [{**a, "colour": b["colour"]}, {**b, "colour": a["colour"]}]):
+                images.append(to_tensor(draw_objects(drawn, shapes, copy.deepcopy(rng))))  # same paper and noise
+                captions.append(with_article(object_name(drawn[named])))
+        index += 1
     with torch.no_grad():
-        img = torch.cat([model.encode_image(chunk) for chunk in torch.cat(images).split(128)])  # (n, E)
+        img = torch.cat([model.encode_image(chunk) for chunk in torch.stack(images).split(128)])  # (n, E)
     similarity = img @ embed_texts(model, tokenizer, captions).T  # (n, n); items 2i, 2i + 1: as drawn, traded
     similarity = similarity.view(n // 2, 2, n // 2, 2)
     pairs = torch.arange(n // 2)
@@ -155,9 +178,9 @@ def score_run(run_dir: str) -> None:
     """One row for a finished run: held-out and seen pairs as it was trained, and the variant generator's held-out
     pairs on its own backgrounds and on light ones."""
     model, tokenizer = load_run(run_dir)
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    shapes = ShapesConfig(**config["shapes"])
-    size, seed = shapes.image_size, config["train"]["seed"]
+    config = read_run_config(run_dir)
+    shapes = config["shapes"]
+    size, seed = shapes.image_size, config["train"].seed
     held_set, seen_set = (ShapesDataset(500, shapes, split, seed=seed) for split in ("heldout", "test"))
     held, seen = evaluate_shapes(model, tokenizer, held_set), evaluate_shapes(model, tokenizer, seen_set)
     row = {"held-out shape": held["shape_zero_shot"], "held-out colour": held["colour_zero_shot"],
@@ -196,11 +219,12 @@ def main() -> None:
         return
     recipe = recipe_for(args)
     vision, text, train, shapes = recipe["vision"], recipe["text"], recipe["train"], recipe["shapes"]
-    tokenizer = Tokenizer.train(ShapesDataset(4000, shapes, "train", seed=train.seed).captions, text.vocab_size)
+    captions = ShapesDataset(TOKENIZER_CAPTIONS, shapes, "train", seed=train.seed).captions
+    tokenizer = Tokenizer.train(captions, text.vocab_size)
     text = dataclasses.replace(text, vocab_size=tokenizer.vocab_size)
     torch.manual_seed(train.seed)
     model = CLIP(vision, text, train.init_temperature)
-    stream = HardNegativeBatches(shapes, train.batch_size, seed=train.seed)
+    stream = HardNegativeBatches(shapes, recipe["batches"], train.batch_size, seed=train.seed)
 
     done = [0]  # steps taken so far, for the evaluation rows
 
@@ -208,7 +232,7 @@ def main() -> None:
         done[0] = step + 1
         images, captions, indices = stream(step)
         tokens = tokenizer.encode_batch(captions, text.context_length)
-        keep = negatives_mask(shapes, stream, step, indices)  # as `python -m tinyvit train` does
+        keep = negatives_mask(recipe["batches"], stream, step, indices)  # as `python -m tinyvit train` does
         return (images, tokens) if keep is None else (images, tokens, keep)
 
     heldout = ShapesDataset(500, shapes, "heldout", seed=1)

@@ -8,9 +8,9 @@ the 4 of its group: the image's shape, read off by the loss's own scores. Chance
     --loss clip     symmetric InfoNCE over the batch; --negatives shared (pairs sharing shape or colour), all, or
                     group (only the 4 copies of one scene: a pure shape contrast, no colour signal at all)
 
-Measured on this 2-core machine (800 steps, light backgrounds; see benchmarks/README.md): the supervised loss
-climbs to 0.48 by step 700, group-only InfoNCE to 0.38 by step 450, InfoNCE over shared-attribute negatives stays
-at 0.28-0.31, even with the text encoder frozen or the temperature at 0.01.
+benchmarks/README.md has the measurements (800 steps, light backgrounds): the supervised loss climbs highest,
+group-only InfoNCE next, InfoNCE over shared-attribute negatives stays near chance, even with the text encoder
+frozen or the temperature at 0.01. That is why the default recipe starts with a group-only phase.
 
     python benchmarks/shape_signal.py --loss sup
     python benchmarks/shape_signal.py --loss clip --negatives group
@@ -27,8 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinyvit.config import ViTConfig, seed_everything
-from tinyvit.contrastive import CLIP, clip_loss, default_recipe, shared_attribute_mask
-from tinyvit.data import HardNegativeBatches, ShapesConfig, ShapesDataset
+from tinyvit.contrastive import CLIP, clip_loss, shared_attribute_mask
+from tinyvit.data import BatchConfig, HardNegativeBatches, ShapesConfig, ShapesDataset
+from tinyvit.recipes import TOKENIZER_CAPTIONS, default_recipe
 from tinyvit.text import Tokenizer
 
 GROUP, GROUPS = 4, 16  # a batch of 64 = 16 groups of 4
@@ -48,9 +49,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seed_everything(0)
 
-    shapes = ShapesConfig(hard_fraction=1.0, group_size=GROUP, unnamed_fraction=0.3, background=tuple(args.background))
+    shapes = ShapesConfig(unnamed_fraction=0.3, background=tuple(args.background))
     text_cfg = default_recipe()["text"]
-    tokenizer = Tokenizer.train(ShapesDataset(4000, shapes, "train").captions, text_cfg.vocab_size)
+    tokenizer = Tokenizer.train(ShapesDataset(TOKENIZER_CAPTIONS, shapes, "train").captions, text_cfg.vocab_size)
     text_cfg = dataclasses.replace(text_cfg, vocab_size=tokenizer.vocab_size)
     model = CLIP(ViTConfig(image_size=64, patch_size=8, dropout=0.0), text_cfg, args.temperature)
     head = nn.Linear(text_cfg.out_dim, 5)
@@ -58,7 +59,7 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": model.visual.parameters()},
                              {"params": [*model.text.parameters(), model.logit_scale]},
                              {"params": head.parameters()}], lr=args.lr, weight_decay=0.05)
-    batches = HardNegativeBatches(shapes, GROUP * GROUPS, seed=0)
+    batches = HardNegativeBatches(shapes, BatchConfig(hard_fraction=1.0, group_size=GROUP), GROUP * GROUPS, seed=0)
     within_group = torch.block_diag(*[torch.ones(GROUP, GROUP, dtype=torch.bool)] * GROUPS)  # (64, 64)
     hits: list[float] = []
     start = time.perf_counter()

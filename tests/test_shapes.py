@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tinyvit.data import (COLOURS, POSITIONS, RGB, SHAPES, WHERE, ManifestDataset, ShapesConfig, ShapesDataset,
-                          caption_options, export_shapes, heldout_pairs, make_item, make_scene, object_name,
-                          read_manifest, to_tensor)
+                          caption_options, draw_objects, export_shapes, heldout_pairs, make_item, make_scene,
+                          object_name, read_manifest, to_tensor)
 
 
 def first_word_of(caption: str, words) -> str:
@@ -228,12 +228,13 @@ def test_export_shapes_round_trips_through_the_manifest(tmp_path):
     assert len((tmp_path / "shapes" / "classes_position.txt").read_text().splitlines()) == len(POSITIONS)
 
 
-def test_make_scene_gives_make_items_labels_and_caption_without_drawing():
+def test_make_scene_then_draw_objects_is_make_item():
     cfg = ShapesConfig(image_size=32, unnamed_fraction=0.3)
     for i in range(20):
-        scene, _ = make_scene(i, cfg, "train", seed=3)
+        scene, rng = make_scene(i, cfg, "train", seed=3)
         item = make_item(i, cfg, "train", seed=3)
-        assert scene == {k: v for k, v in item.items() if k != "image"}
+        assert scene == {k: v for k, v in item.items() if k != "image"}  # labels and caption need no drawing
+        np.testing.assert_array_equal(draw_objects(scene["objects"], cfg, rng), item["image"])
 
 
 def test_caption_options_hold_every_caption_the_data_set_writes():

@@ -203,8 +203,9 @@ def caption_options(objects: list[dict[str, Any]], cfg: ShapesConfig = ShapesCon
     return [with_article(t) for t in templates]
 
 
-def _render(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> np.ndarray:
-    """Draw the objects on a textured, noisy background. -> uint8 (S, S, 3)."""
+def draw_objects(objects: list[dict[str, Any]], cfg: ShapesConfig, rng: np.random.Generator) -> np.ndarray:
+    """Draw a scene's objects on a textured, noisy background, with the generator make_scene left. -> uint8
+    (S, S, 3)."""
     S = cfg.image_size
     u = np.linspace(0, 1, S, dtype=np.float32)
     base = rng.uniform(*cfg.background) * 255 + rng.uniform(-10, 10, 3)  # a neutral grey with a faint tint
@@ -240,7 +241,7 @@ def make_item(index: int, cfg: ShapesConfig = ShapesConfig(), split: str = "trai
     with shape, colour, position, size (fraction of the side), centre (x, y fractions), angle (degrees)}.
     `shape` (an index into SHAPES) redraws the same scene with another main shape: a hard negative."""
     scene, rng = make_scene(index, cfg, split, seed, shape)
-    return {"image": _render(scene["objects"], cfg, rng), **scene}
+    return {"image": draw_objects(scene["objects"], cfg, rng), **scene}
 
 
 class ShapesDataset(Dataset):
