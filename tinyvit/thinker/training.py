@@ -25,7 +25,7 @@ from ..model import VisionEncoder
 from ..runs import check_configs, holds_clip_run, load_checkpoint, load_clip_encoder, save_checkpoint, write_json
 from ..text import PAD_ID, Tokenizer
 from ..train import fit, resolve_device
-from .model import Thinker, generate
+from .model import Thinker, generate, image_tokens
 from .questions import (QUESTION_TYPES, QABatches, encode_qa, make_qa, prompt_ids, train_tokenizer,
                         unseen_answers)
 
