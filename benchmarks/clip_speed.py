@@ -10,8 +10,8 @@ Two settings, each model in both:
   takes PyTorch off its fused attention kernel; tinyvit drops only on the residual branches (timm's default too)
   and draws its masks four to a 64-bit random number.
 A fifth row times tinyvit under bfloat16 autocast (`--precision bf16`), against tinyvit in fp32: it says what the
-option buys on this CPU, not how the designs compare.
-The models are timed round by round, interleaved (this machine's speed drifts over tens of seconds), and the
+option buys on the CPU at hand, not how the designs compare.
+The models are timed round by round, interleaved (a small CPU's speed can drift over tens of seconds), and the
 median per-round ratio is printed. Target: peer / tinyvit >= 1.5 at the recipe's setting.
 
     python benchmarks/clip_speed.py [--rounds 5] [--steps 3] [--batch 64] [--image-size 64] [--patch-size 8]

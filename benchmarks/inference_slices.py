@@ -1,7 +1,7 @@
 """CPU inference in slices (`VisionTransformer.slice_tokens`) against the whole batch at once, in a process that
 does inference only, as `python -m tinyvit eval` and `embed` do.
 
-For each setting the two are timed in alternate rounds (this machine's speed drifts), on the same images, and the
+For each setting the two are timed in alternate rounds (the CPU's speed drifts), on the same images, and the
 median per-round ratio is printed with the largest difference between their outputs.
 
     python benchmarks/inference_slices.py [--rounds 6] [--threads 2]

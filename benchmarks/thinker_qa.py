@@ -18,7 +18,7 @@ question, the answers it never had in training (`tinyvit.thinker.unseen_answers`
 colour-from-shape shortcut in the language model.
 
 With --out, each Thinker is saved as a `python -m tinyvit think` folder (DIR/cls, DIR/all) that `ask` can use.
-Targets (issue 6): shape and colour >= 90 % with (a); each training <= 5 minutes on a 2-core CPU.
+Targets set for the Thinker: shape and colour >= 90 % with (a); each training <= 5 minutes on a 2-core CPU.
 """
 from __future__ import annotations
 
