@@ -152,7 +152,7 @@ def binding_pairs(model: CLIP, tokenizer: Tokenizer, shapes: ShapesConfig, n: in
     (a red square and a blue star; a blue square and a red star), both captioned by the same one of its objects
     ("a red square" / "a blue square"). How often does an image score its own caption above its traded copy's?
     Chance is 0.5; only which colour goes with which shape tells the two apart. (The package's former binding
-    groups, ShapesConfig.binding_fraction until commit 8ead211, drew such pairs for training.)"""
+    groups, ShapesConfig.binding_fraction at commit 5f4f5a7, drew such pairs for training.)"""
     images, captions, index = [], [], BINDING_INDICES
     while len(images) < n:
         scene, rng = make_scene(index, shapes, "train", seed)
