@@ -4,17 +4,19 @@ Both models have the same size, the same text encoder (tinyvit.text.TextEncoder)
 AdamW (`fit`'s); a step is forward, backward and optimiser update on one batch. The peer's layers are built as the
 source system builds them: TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True).
 Two settings, each model in both:
-- the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block, and its explicit
-  attention path in CPU training);
+- the default recipe's, dropout 0 (like for like: the gap is tinyvit's CLS-only last block, and the
+  `tinyvit.cpu_speed` components in use);
 - the chapter's dropout 0.1. The peer's TransformerEncoderLayer then also drops attention probabilities, which
-  takes PyTorch off its fused attention kernel; tinyvit drops only on the residual branches (timm's default too)
-  and draws its masks four to a 64-bit random number.
+  takes PyTorch off its fused attention kernel; tinyvit drops only on the residual branches (timm's default too).
 A fifth row times tinyvit under bfloat16 autocast (`--precision bf16`), against tinyvit in fp32: it says what the
 option buys on the CPU at hand, not how the designs compare.
-The models are timed round by round, interleaved (a small CPU's speed can drift over tens of seconds), and the
-median per-round ratio is printed. Target: peer / tinyvit >= 1.5 at the recipe's setting.
+tinyvit's models run with the `tinyvit.cpu_speed` components of `--components` (default: `recommended()`, the set
+measured faster on this kind of CPU; `none` for plain PyTorch). The models are timed round by round, interleaved (a
+small CPU's speed can drift over tens of seconds), and the median per-round ratio is printed. Target: peer / tinyvit
+>= 1.5 at the recipe's setting.
 
     python benchmarks/clip_speed.py [--rounds 5] [--steps 3] [--batch 64] [--image-size 64] [--patch-size 8]
+                                    [--components recommended|none|onednn,slices,...]
 """
 from __future__ import annotations
 
@@ -29,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit.config import TextConfig, TrainConfig, ViTConfig
-from tinyvit.contrastive import CLIP, clip_batch_loss, clip_logits, default_recipe
-from tinyvit.text import TextEncoder
+from tinyvit import CLIP, TextConfig, TextEncoder, TrainConfig, ViTConfig, clip_logits, cpu_speed, default_recipe
+from tinyvit.contrastive import clip_batch_loss
 from tinyvit.train import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,7 +76,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=default_recipe()["vision"].image_size)
     parser.add_argument("--patch-size", type=int, default=default_recipe()["vision"].patch_size)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--components", default="recommended",
+                        help="tinyvit.cpu_speed components for tinyvit's models: 'recommended', 'none' or a list")
     args = parser.parse_args()
+    components = {"recommended": cpu_speed.recommended(), "none": ()}.get(args.components,
+                                                                          tuple(args.components.split(",")))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     recipe = default_recipe()  # tinyvit's CLIP as `python -m tinyvit train` builds it
@@ -87,6 +92,9 @@ def main() -> None:
     models = {"tinyvit": CLIP(vision, text), "peer (TransformerEncoderLayer)": PeerCLIP(vision, text),
               "tinyvit, dropout 0.1": CLIP(chapter, text), "peer, dropout 0.1": PeerCLIP(chapter, text),
               "tinyvit, --precision bf16": CLIP(vision, text)}
+    for name, model in models.items():
+        if name.startswith("tinyvit"):
+            cpu_speed.enable(model, components)
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     assert len(set(sizes.values())) == 1, f"the models differ in size: {sizes}"
     steps = {name: trainer(model, (images, tokens), torch.bfloat16 if "bf16" in name else None)
@@ -103,7 +111,8 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.steps)
     print(f"CLIP training step, batch {args.batch}, {args.image_size}x{args.image_size} images, patch "
           f"{args.patch_size}, {vision.num_tokens} tokens, {sizes['tinyvit'] / 1e6:.2f} M parameters, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
+          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; tinyvit's cpu_speed components: "
+          f"{', '.join(components) or 'none'}")
     for name, t in times.items():
         print(f"  {name:32s} median {statistics.median(t) * 1000:7.1f} ms/step")
 

@@ -1,33 +1,44 @@
-"""Encoder throughput: tinyvit's VisionEncoder against a peer built from torch.nn.TransformerEncoderLayer.
+"""Encoder throughput: plain tinyvit against each `tinyvit.cpu_speed` component, all of them, the recommended set,
+and a peer built from torch.nn.TransformerEncoderLayer, in one interleaved run.
 
-The peer is how the source system builds its encoder (pre-norm, GELU, dropout 0.1 everywhere, including on the
-attention probabilities); in eval mode PyTorch runs it through its fused "fast path" kernels. The two models are
-timed round by round, interleaved, because this machine's speed drifts 2-3x over tens of seconds: only the
-per-round ratio is meaningful. Also prints tinyvit's achieved GFLOP/s as a fraction of the measured fp32 matmul rate
-(the faster of MKL, torch's default, and oneDNN, which tinyvit's Linear layers use on the CPU; MKL's too),
-timed on `forward_features` (every token through every block: the 0.43 GFLOP per image that `forward_flops` counts),
-because the encoder's own forward skips the last block's work on the 196 patch tokens that CLS pooling discards.
+The peer is how the source system builds its encoder (pre-norm, GELU, dropout everywhere, including on the
+attention probabilities); in eval mode PyTorch runs it through its fused "fast path" kernels. Every variant is a
+copy of the same weights. The variants are timed round by round, in an order that rotates each round, because a
+CPU's speed drifts over tens of seconds: only per-round ratios are meaningful. Three measurements per variant:
+`inference` (the encoder's embedding, `model(images)`, as `embed` and `eval` run it), `all tokens`
+(`forward_features`: every token through every block; the peer's blocks and final norm) and `training` (forward,
+backward and an AdamW step). It prints, per measurement, each variant's median per-round speed relative to plain
+tinyvit (and the range over rounds) and tinyvit's speed relative to the peer, plain and with the recommended set.
 
-    python benchmarks/encoder_speed.py [--rounds 7] [--batch 64] [--threads 2]
-    python benchmarks/encoder_speed.py --breakdown   # where the inference time goes, and what would reach 80 %
+    python benchmarks/encoder_speed.py [--rounds 6] [--batch 64] [--threads 2]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/encoder_speed.py
+        # on an AVX-512 CPU: approximates an AVX2-only one (torch's kernels, oneDNN and MKL all kept to AVX2)
+    python benchmarks/encoder_speed.py --batch 256 --image-size 64 --patch-size 8   # the shapes recipe's encoder
+    python benchmarks/encoder_speed.py --quick      # seconds, tiny sizes: checks that it runs (ratios mean nothing)
+    python benchmarks/encoder_speed.py --breakdown  # where the inference time goes, and what would reach 80 %
 
 `--breakdown` profiles `forward_features` (torch.profiler, self time per op), sorts the time into matrix products,
 the attention kernel, the patch convolution and the ops that do no products (GELU, LayerNorm, residual adds,
-copies), sets each beside its FLOPs from `forward_flops`, and prints the share of the matmul rate the encoder would
-reach if the attention kernel ran as fast as the products, if the convolution did too, and if on top of that
-every op without products were free.
+copies), sets each beside its FLOPs from `forward_flops`, and prints the share of the fastest fp32 matmul rate the
+encoder would reach if the attention kernel ran as fast as the products, if the convolution did too, and if on top
+of that every op without products were free.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import os
+import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from tinyvit import ViTConfig, VisionEncoder, forward_flops
-from tinyvit.model import Linear, linear
+from tinyvit import ViTConfig, VisionEncoder, cpu_speed, forward_flops
+
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 class PeerEncoder(nn.Module):
@@ -46,11 +57,14 @@ class PeerEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.projector = nn.Linear(cfg.dim, cfg.out_dim, bias=False)
 
-    def forward(self, images):
+    def forward_features(self, images):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, P, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N, D)
-        return self.projector(self.norm(self.blocks(x))[:, 0])  # (B, E)
+        return self.norm(self.blocks(x))  # (B, N, D)
+
+    def forward(self, images):
+        return self.projector(self.forward_features(images)[:, 0])  # (B, E)
 
 
 def time_call(fn, repeats: int) -> float:
@@ -63,13 +77,101 @@ def time_call(fn, repeats: int) -> float:
     return best
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def variants(cfg: ViTConfig) -> dict[str, nn.Module]:
+    """Plain tinyvit, one copy per component, all components, the recommended set, and the peer."""
+    plain = VisionEncoder(cfg)
+    models = {"plain": plain}
+    components = [c for c in cpu_speed.COMPONENTS if c != "onednn" or cpu_speed.available()]
+    for c in components:
+        models[c] = cpu_speed.enable(copy.deepcopy(plain), [c])
+    models["all"] = cpu_speed.enable(copy.deepcopy(plain), components)
+    recommended = cpu_speed.recommended()
+    if recommended and set(recommended) != set(components) and len(recommended) > 1:
+        models["recommended"] = cpu_speed.enable(copy.deepcopy(plain), recommended)
+    models["peer"] = PeerEncoder(cfg)
+    return models
+
+
+def recommended_name() -> str:
+    """The variant that runs the recommended set."""
+    chosen = set(cpu_speed.recommended())
+    if not chosen:
+        return "plain"
+    components = {c for c in cpu_speed.COMPONENTS if c != "onednn" or cpu_speed.available()}
+    return "all" if chosen == components else next(iter(chosen)) if len(chosen) == 1 else "recommended"
+
+
+def measure(models: dict[str, nn.Module], images: torch.Tensor, rounds: int, repeats: int) -> dict:
+    """{measurement: {variant: [seconds per round]}}, the variants interleaved in a rotating order."""
+    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
+
+    def infer(m):
+        m.eval()
+        with torch.inference_mode():
+            m(images)
+
+    def all_tokens(m):
+        m.eval()
+        with torch.inference_mode():
+            m.forward_features(images)
+
+    def train_step(name):
+        m = models[name].train()
+        loss = m(images).square().mean()
+        optims[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optims[name].step()
+
+    for name, m in models.items():  # warm-up
+        infer(m), all_tokens(m), train_step(name)
+    times = {kind: {name: [] for name in models} for kind in ("inference", "all tokens", "training")}
+    names = list(models)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            m = models[name]
+            times["inference"][name].append(time_call(lambda: infer(m), repeats))
+            times["all tokens"][name].append(time_call(lambda: all_tokens(m), repeats))
+            times["training"][name].append(time_call(lambda: train_step(name), 1))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {images.shape[0] / times['training'][n][-1]:.0f}"
+                                             for n in names) + " training img/s", flush=True)
+    return times
+
+
+def report(times: dict, batch: int) -> None:
+    def ratios(fast: str, slow: str, kind: str) -> list[float]:
+        return [s / f for f, s in zip(times[kind][fast], times[kind][slow])]
+
+    best = recommended_name()
+    for kind, rows in times.items():
+        print(f"\n{kind}: images/s (median) and speed relative to plain tinyvit (median per-round ratio, range)")
+        for name in rows:
+            r = ratios(name, "plain", kind)
+            print(f"  {name:20s} {batch / statistics.median(rows[name]):8.1f}  x{statistics.median(r):.2f} "
+                  f"({min(r):.2f}-{max(r):.2f})")
+        for name in dict.fromkeys(("plain", best)):
+            r = ratios(name, "peer", kind)
+            print(f"  tinyvit {name} / peer: x{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})")
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """This machine's fp32 matrix-product rate, n x n x n, by each GEMM library torch can call: MKL (`a @ b`,
-    PyTorch's default) and, where present, oneDNN (what tinyvit's Linear layers use on the CPU)."""
+    """The fp32 matrix-product rate, n x n x n, by each GEMM library torch can call: MKL (`a @ b`, PyTorch's
+    default) and, where present, oneDNN (`cpu_speed`'s "onednn" component)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     products = {"MKL": lambda: a @ b}
-    if Linear.onednn:
-        products["oneDNN"] = lambda: linear(a, b)  # a @ b^T: the same FLOPs
+    if cpu_speed.available():
+        products["oneDNN"] = lambda: cpu_speed.linear(a, b)  # a @ b^T: the same FLOPs
     rates = {}
     for name, product in products.items():
         product()
@@ -91,15 +193,15 @@ def category(op_name: str) -> str:
     return "no products"
 
 
-def breakdown(cfg: ViTConfig, images: torch.Tensor, calls: int = 3) -> None:
+def breakdown(model: nn.Module, cfg: ViTConfig, images: torch.Tensor, calls: int = 3) -> None:
     """Print where forward_features' time goes and the matmul-rate share it would reach with faster parts."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = VisionEncoder(cfg).eval()
+    model.eval()
     with torch.inference_mode():
         model.forward_features(images)  # warm-up
         before = max(matmul_gflops().values()) * 1e9  # the matmul rate just before and just after the profile,
-        with profile(activities=[ProfilerActivity.CPU]) as prof:  # since this machine's speed drifts
+        with profile(activities=[ProfilerActivity.CPU]) as prof:  # since a CPU's speed drifts
             for _ in range(calls):
                 model.forward_features(images)
         after = max(matmul_gflops().values()) * 1e9
@@ -122,7 +224,7 @@ def breakdown(cfg: ViTConfig, images: torch.Tensor, calls: int = 3) -> None:
           f"fp32 matmul {before / 1e9:.0f} GFLOP/s before the profile, {after / 1e9:.0f} after (shares use the mean)")
     print(f"{'part':<18} {'time':>6} {'FLOPs':>6}   rate, share of the matmul rate")
     for name, t in seconds.items():
-        share = f"{flops[name] / t / peak:.0%}" if flops[name] else "-"
+        share = f"{flops[name] / t / peak:.0%}" if flops[name] and t else "-"
         print(f"{name:<18} {t / total:6.1%} {flops[name] / everything:6.1%}   {share}")
     for label, seconds_needed in (
             ("share of the matmul rate now (profiler's clock)", total),
@@ -134,72 +236,34 @@ def breakdown(cfg: ViTConfig, images: torch.Tensor, calls: int = 3) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per model per round (best is kept)")
+    parser.add_argument("--image-size", type=int, default=ViTConfig.image_size)
+    parser.add_argument("--patch-size", type=int, default=ViTConfig.patch_size)
+    parser.add_argument("--repeats", type=int, default=2, help="timed inference calls per variant per round (best)")
+    parser.add_argument("--quick", action="store_true", help="1 round, batch 2, 32x32: checks that it runs")
     parser.add_argument("--breakdown", action="store_true", help="profile where inference time goes instead")
+    parser.add_argument("--components", default="recommended",
+                        help="--breakdown only: comma-separated cpu_speed components, 'recommended' or 'none'")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.batch, args.image_size, args.patch_size, args.repeats = 1, 2, 32, 8, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = ViTConfig()
+    cfg = dataclasses.replace(ViTConfig(), image_size=args.image_size, patch_size=args.patch_size)  # chapter's else
     images = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
+    isa = ", ".join(f"{v}={os.environ[v]}" for v in ISA_VARIABLES if v in os.environ) or "no ISA limits"
+    print(f"{cpu_name()}; torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()} "
+          f"({isa}); recommended components: {', '.join(cpu_speed.recommended()) or 'none'}")
     if args.breakdown:
-        breakdown(cfg, images)
+        chosen = {"recommended": None, "none": ()}.get(args.components, args.components.split(","))
+        breakdown(cpu_speed.enable(VisionEncoder(cfg), chosen), cfg, images)
         return
-    models = {"tinyvit": VisionEncoder(cfg), "peer": PeerEncoder(cfg)}
-    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in models.items()}
-
-    def infer(m):
-        m.eval()
-        with torch.inference_mode():
-            m(images)
-
-    def all_tokens():
-        models["tinyvit"].eval()
-        with torch.inference_mode():
-            models["tinyvit"].forward_features(images)
-
-    def train_step(name):
-        m = models[name].train()
-        loss = m(images).square().mean()
-        optims[name].zero_grad(set_to_none=True)
-        loss.backward()
-        optims[name].step()
-
-    for name, m in models.items():  # warm-up
-        infer(m)
-        train_step(name)
-
-    flops = forward_flops(cfg)["total"] - forward_flops(cfg)["projector"]  # forward_features' share
-    rows = {"infer": [], "train": [], "tinyvit_gflops": [], "matmul_gflops": [], "mkl_gflops": []}
-    print(f"batch {args.batch}, {cfg.image_size}x{cfg.image_size}, {args.threads} threads, {args.rounds} rounds")
-    for r in range(args.rounds):
-        t_inf = {name: time_call(lambda m=m: infer(m), args.repeats) for name, m in models.items()}
-        t_train = {name: time_call(lambda n=name: train_step(n), 1) for name in models}
-        t_all = time_call(all_tokens, args.repeats)
-        rates = matmul_gflops()
-        peak = max(rates.values())  # the fastest fp32 product this machine offers
-        rows["infer"].append(t_inf["peer"] / t_inf["tinyvit"])
-        rows["train"].append(t_train["peer"] / t_train["tinyvit"])
-        achieved = flops * args.batch / t_all / 1e9
-        rows["tinyvit_gflops"].append(achieved)
-        rows["matmul_gflops"].append(peak)
-        rows["mkl_gflops"].append(rates["MKL"])
-        print(
-            f"round {r + 1}: inference {args.batch / t_inf['tinyvit']:6.1f} vs {args.batch / t_inf['peer']:6.1f} img/s"
-            f" | training {args.batch / t_train['tinyvit']:5.1f} vs {args.batch / t_train['peer']:5.1f} img/s"
-            f" | tinyvit {achieved:5.1f} GFLOP/s; matmul " + ", ".join(f"{k} {v:5.1f}" for k, v in rates.items())
-        )
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    fraction = statistics.median(a / p for a, p in zip(rows["tinyvit_gflops"], rows["matmul_gflops"]))
-    print()
-    print(f"median inference speed ratio tinyvit / peer: {med['infer']:.2f}x  (target >= 1.0)")
-    print(f"median training  speed ratio tinyvit / peer: {med['train']:.2f}x  (target >= 1.5)")
-    mkl_fraction = statistics.median(a / p for a, p in zip(rows["tinyvit_gflops"], rows["mkl_gflops"]))
-    print(f"tinyvit inference: {med['tinyvit_gflops']:.1f} GFLOP/s = {fraction:.0%} of the fastest fp32 matmul rate "
-          f"({med['matmul_gflops']:.1f} GFLOP/s)  (target >= 80%); {mkl_fraction:.0%} of MKL's "
-          f"({med['mkl_gflops']:.1f} GFLOP/s, torch's default)")
+    models = variants(cfg)
+    print(f"batch {args.batch}, {cfg.image_size}x{cfg.image_size}, patch {cfg.patch_size}, dropout {cfg.dropout}, "
+          f"{args.threads} threads, {args.rounds} rounds, variants: {', '.join(models)}")
+    report(measure(models, images, args.rounds, args.repeats), args.batch)
 
 
 if __name__ == "__main__":

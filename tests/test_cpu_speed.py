@@ -8,8 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinyvit import CLIP, TextConfig, ViTConfig, VisionEncoder, cpu_speed
-from tinyvit.model import Attention
+from tinyvit import CLIP, Attention, TextConfig, ViTConfig, VisionEncoder, cpu_speed
 
 SMALL = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=4, mlp_dim=64, out_dim=16, dropout=0.0)
 ONEDNN = pytest.mark.skipif(not cpu_speed.available(), reason="this PyTorch or CPU has no oneDNN linear op")
