@@ -11,7 +11,7 @@ Two settings, each model in both:
 A fifth row times tinyvit under bfloat16 autocast (`--precision bf16`), against tinyvit in fp32: it says what the
 option buys on the CPU at hand, not how the designs compare.
 tinyvit's models run with the `tinyvit.cpu_speed` components of `--components` (default: `recommended()`, the set
-measured faster on this kind of CPU; `none` for plain PyTorch). The models are timed round by round, interleaved (a
+measured faster on the CPU kind at hand; `none` for plain PyTorch). The models are timed round by round, interleaved (a
 small CPU's speed can drift over tens of seconds), and the median per-round ratio is printed. Target: peer / tinyvit
 >= 1.5 at the recipe's setting.
 

@@ -14,7 +14,7 @@ Components:
   backward beats the fused kernel's on small heads.
 - "slices": inference (no autograd, on the CPU) runs a large batch in slices of about `SLICE_TOKENS` tokens, so each
   activation stays small enough for the caches and for the allocator to reuse its memory.
-`recommended()` names those measured faster than plain PyTorch on this kind of CPU (benchmarks/encoder_speed.py
+`recommended()` names those measured faster than plain PyTorch on the CPU kind at hand (benchmarks/encoder_speed.py
 measures them; the figures are in benchmarks/README.md).
 """
 from __future__ import annotations
