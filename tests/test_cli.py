@@ -211,6 +211,14 @@ def test_a_runs_config_json_works_as_a_config_file(work):
     assert recipe["vision"].to_dict() == saved["vision"] and recipe["train"].to_dict() == saved["train"]
 
 
+def test_the_shipped_runs_config_json_rebuilds_the_default_recipe():
+    shipped = Path(__file__).resolve().parents[1] / "data" / "shapes_clip" / "config.json"  # saved by older code
+    args = cli.build_parser().parse_args(["train", "--out", "x", "--config", str(shipped)])
+    recipe, default = cli.recipe_from_args(args), default_recipe()
+    assert all(recipe[s] == default[s] for s in ("vision", "train", "shapes", "batches"))
+    assert recipe["text"].vocab_size == 254  # the tokenizer's cap, recorded in the run
+
+
 def test_python_m_tinyvit_and_the_console_script_share_one_main():
     from tinyvit.__main__ import main  # pyproject's [project.scripts] entry point
 

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .config import TEXT_KINDS
+from .config import TEXT_KINDS, read_json_object
 from .contrastive import CLIP, clip_batch_loss
 from .data import (Batches, HardNegativeBatches, ManifestDataset, ShapesDataset, load_image, negatives_mask, read_rgb,
                    to_tensor)
 from .evaluate import embed_images, evaluate_clip, evaluate_shapes
 from .recipes import EVAL_ITEMS, FLAGS, PRELOAD_BYTES, TOKENIZER_CAPTIONS, make_recipe
-from .runs import RUN_FILES, check_out_folder, holds_clip_run, load_run, publish, staged_run, write_json
+from .runs import (RUN_FILES, check_out_folder, convert_old_configs, holds_clip_run, load_run, publish, staged_run,
+                   write_json)
 from .text import Tokenizer
 from .thinker import (QUESTION_TYPES, RECIPE, THINKER_FILE, answer_questions, image_tokens, load_thinker,
                       normalise_question, save_thinker, train_thinker)
@@ -134,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args: argparse.Namespace) -> dict:
-    """The recipe of `train`: `recipes.make_recipe` with the --config file and the flags given."""
-    return make_recipe(args.config, **{flag: getattr(args, flag) for flag in FLAGS})
+    """The recipe of `train`: `recipes.make_recipe` with the --config file (a run's config.json saved by older
+    tinyvit is converted first) and the flags given."""
+    config = convert_old_configs(read_json_object(args.config), args.config) if args.config else None
+    return make_recipe(config, **{flag: getattr(args, flag) for flag in FLAGS})
 
 
 def load_manifest(path: str, image_size: int):
