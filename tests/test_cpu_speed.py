@@ -209,9 +209,10 @@ def test_enable_refuses_unknown_components():
         cpu_speed.enable(VisionEncoder(SMALL), ["flash"])
 
 
-def test_recommended_is_a_subset_and_nothing_without_avx512():
+def test_recommended_follows_the_cpu_kind():
     assert set(cpu_speed.recommended()) <= set(cpu_speed.COMPONENTS)
     code = "import tinyvit.cpu_speed as c; print(c.recommended())"
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
-    assert out.strip() == "()"
+    for capability, expected in (("avx2", "('dropout_masks',)"), ("default", "()")):
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+        assert out.strip() == expected, capability

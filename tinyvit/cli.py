@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import TEXT_KINDS, read_json_object
+from . import cpu_speed
 from .contrastive import CLIP, clip_batch_loss
 from .data import (Batches, HardNegativeBatches, ManifestDataset, ShapesDataset, load_image, negatives_mask, read_rgb,
                    to_tensor)
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "transformer: a small transformer encoder")
     train.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (capped if the captions cannot fill it)")
     train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    train.add_argument("--cpu-speed", choices=("recommended", "none"), default="recommended",
+                       help="on the CPU: turn on the tinyvit.cpu_speed components measured faster on this kind of "
+                            "CPU (recommended), or train plain PyTorch (none); the results are the same")
     train.add_argument("--force", action="store_true", help="overwrite a complete run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -178,6 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe["text"] = text
     torch.manual_seed(train.seed)
     model = CLIP(vision, text, train.init_temperature)
+    on_cpu = resolve_device(train.device).type == "cpu"
+    speed = cpu_speed.recommended() if args.cpu_speed == "recommended" and on_cpu else ()
+    cpu_speed.enable(model, speed)  # per instance; the saved weights are plain PyTorch's
 
     def batches(step: int):
         images, captions, indices = loader(step)
@@ -190,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       checkpoint_path=stage / "checkpoint.pt", progress=not args.quiet,
                       extra_state={"configs": model.configs(), "tokenizer": tokenizer.to_bytes()})
         metrics = {**score(model, EVAL_ITEMS), "train_seconds": round(history["time"][-1], 1), "steps": train.steps,
-                   "data": args.data or "shapes (held-out colour-shape pairs)"}
+                   "data": args.data or "shapes (held-out colour-shape pairs)", "cpu_speed": list(speed)}
         tokenizer.save(stage / "tokenizer.model")
         sections = [s for s in recipe if not args.data or s not in ("shapes", "batches")]  # a manifest: no shapes
         config = {section: recipe[section].to_dict() for section in sections}

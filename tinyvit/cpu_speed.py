@@ -33,7 +33,7 @@ COMPONENTS = ("onednn", "dropout_masks", "explicit_attention", "slices")
 SLICE_TOKENS = 2048  # tokens per inference slice: 10 images at 224x224, 31 at 64x64
 # The components measured faster than plain PyTorch, by `torch.backends.cpu.get_cpu_capability()`, in both
 # inference and a training step (benchmarks/encoder_speed.py; benchmarks/README.md has the runs). Unlisted: none.
-RECOMMENDED = {"AVX512": ("onednn", "dropout_masks", "explicit_attention", "slices")}
+RECOMMENDED = {"AVX512": ("onednn", "dropout_masks", "explicit_attention", "slices"), "AVX2": ("dropout_masks",)}
 
 
 def available() -> bool:
