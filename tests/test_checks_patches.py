@@ -89,3 +89,14 @@ def test_a_verdict_is_a_bool_that_a_notebook_does_not_echo(capsys):
     verdict, _ = grade(check_patchify, patchify_reference, capsys)
     assert verdict and verdict == True and not (not verdict)  # noqa: E712
     assert hasattr(verdict, "_ipython_display_") and verdict._ipython_display_() is None
+
+
+def test_hints_get_more_specific_on_a_second_failed_attempt(capsys):
+    grade(check_patchify, patchify_reference, capsys)  # whatever ran before, the count starts at 0
+    _, first = grade(check_patchify, patchify_transposed, capsys)
+    _, second = grade(check_patchify, patchify_transposed, capsys)
+    assert "column by column" in first and "hint:" not in first
+    assert "column by column" in second and "hint: after reshaping" in second
+    grade(check_patchify, patchify_reference, capsys)  # a success starts the count again
+    _, again = grade(check_patchify, patchify_transposed, capsys)
+    assert "hint:" not in again

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import model
-from .core import Verdict, call, close, fail, passed
+from .core import Verdict, call, close, fail, grader, passed
 
 FORBIDDEN = {"tinyvit.Attention": model.Attention}
 
 
+@grader
 def check_attention_head(fn: Callable) -> Verdict:
     """Grade `fn(q, k, v)`: one head of scaled dot-product attention, (B, N, Dh) x 3 -> (B, N, Dh)."""
     generator = torch.Generator().manual_seed(1)

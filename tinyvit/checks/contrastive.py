@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import contrastive
-from .core import Verdict, backpropagates, call, close, fail, passed, scalar
+from .core import Verdict, backpropagates, call, close, fail, grader, passed, scalar
 
 FORBIDDEN = {"tinyvit.clip_loss": contrastive.clip_loss, "tinyvit.clip_logits": contrastive.clip_logits,
              "tinyvit.one_way_loss": contrastive.one_way_loss}
 
 
+@grader
 def check_info_nce(fn: Callable) -> Verdict:
     """Grade `fn(image_emb, text_emb, temperature)`: the symmetric CLIP loss of L2-normalised (B, E) pairs -> scalar."""
     generator = torch.Generator().manual_seed(2)

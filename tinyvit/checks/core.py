@@ -7,13 +7,17 @@ None or raises NotImplementedError counts as "not attempted yet".
 """
 from __future__ import annotations
 
+import functools
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 
 NOT_ATTEMPTED = "not attempted yet: fill in the function, then run this cell again"
+_failures: Counter = Counter()  # failed attempts per grader in this kernel: later hints get more specific
+_running: list[str] = []
 
 
 class Verdict:
@@ -44,9 +48,26 @@ def passed(message: str) -> Verdict:
     return Verdict(True)
 
 
-def fail(message: str) -> Verdict:
+def fail(message: str, hint: str | None = None) -> Verdict:
+    """Print what is wrong; from the second failed attempt at the same grader on, also the more specific `hint`."""
     print(message)
+    if hint and _running and _failures[_running[-1]] >= 1:
+        print(f"hint: {hint}")
     return Verdict(False)
+
+
+def grader(check: Callable[..., Verdict]) -> Callable[..., Verdict]:
+    """Mark a grader: counts its failed attempts, so `fail` can make its hints more specific each time."""
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs) -> Verdict:
+        _running.append(check.__name__)
+        try:
+            verdict = check(*args, **kwargs)
+        finally:
+            _running.pop()
+        _failures[check.__name__] = 0 if verdict else _failures[check.__name__] + 1
+        return verdict
+    return wrapped
 
 
 @contextmanager

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import patches
-from .core import Verdict, call, close, fail, passed
+from .core import Verdict, call, close, fail, grader, passed
 
 FORBIDDEN = {"tinyvit.patchify": patches.patchify, "tinyvit.PatchEmbed": patches.PatchEmbed}
 
 
+@grader
 def check_patchify(fn: Callable) -> Verdict:
     """Grade `fn(images, patch_size)`: (B, C, H, W) -> (B, P, C*p*p), patches row-major, flattened channel-first."""
     generator = torch.Generator().manual_seed(0)
@@ -32,10 +33,13 @@ def check_patchify(fn: Callable) -> Verdict:
         channels_last = grid.permute(0, 2, 4, 3, 5, 1).reshape(B, -1, C * p * p)  # (B, P, p*p*C)
         if close(got, column_major):
             return fail("the patches come out column by column (a transposed grid): number them row by row, "
-                         "left to right along the top row first")
+                        "left to right along the top row first",
+                        hint="after reshaping to (B, C, H/p, p, W/p, p), the grid-row axis must come before the "
+                             "grid-column axis in your permute")
         if close(got, channels_last) and C > 1:
             return fail("each patch is flattened channels-last (p, p, C); flatten it channels-first (C, p, p), "
-                         "the order a Conv2d kernel reads")
+                        "the order a Conv2d kernel reads",
+                        hint="in your permute, put the channel axis C just before the two within-patch axes")
         if close(got.sort(dim=-1).values, expected.sort(dim=-1).values):
             return fail("each output row holds the right pixels in a scrambled order: check which axes you "
                          "permute before the last reshape")

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import thinker
-from .core import Verdict, backpropagates, call, close, fail, passed, scalar
+from .core import Verdict, backpropagates, call, close, fail, grader, passed, scalar
 
 FORBIDDEN = {"tinyvit.thinker.answer_loss": thinker.answer_loss}
 
 
+@grader
 def check_answer_loss(fn: Callable) -> Verdict:
     """Grade `fn(logits, targets, left_out)`: the mean cross-entropy of (M, V) logits against (M,) target pieces,
     where the pieces marked True in the (M, V) bool `left_out` take no part in that row's softmax (notebook 6's
