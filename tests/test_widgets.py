@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from tinyvit import ViTConfig, VisionEncoder
-from tinyvit.checks import QUESTIONS
-from tinyvit.widgets import (AttentionExplorer, LiveLoss, PatchExplorer, Quiz, divisors_between, format_bytes,
-                             patch_facts, quiz_panel)
+from tinyvit.widgets import (AttentionExplorer, LiveLoss, PatchExplorer, divisors_between, format_bytes,
+                             patch_facts)
 
 PNG = b"\x89PNG"
 
@@ -69,21 +68,6 @@ def test_attention_explorer_shows_the_chosen_query():
         explorer.select(0, 2, 0)
     with pytest.raises(ValueError, match="does not fit a 2x2 grid"):
         AttentionExplorer(image, attentions, 16)
-
-
-def test_quiz_gives_feedback_for_right_and_wrong_answers():
-    question = QUESTIONS[2]  # how many patches?
-    quiz = Quiz(question)
-    assert not quiz.check() and "pick an option" in quiz.feedback.value
-    assert not quiz.choose(2)
-    assert "Not quite" in quiz.feedback.value and "CLS" in quiz.feedback.value
-    assert quiz.choose(question.answer)
-    assert "Correct" in quiz.feedback.value and "green" in quiz.feedback.value
-    quiz.choose(0)
-    quiz.button.click()  # the button runs the same check
-    assert "Not quite" in quiz.feedback.value
-    panel = quiz_panel(QUESTIONS)
-    assert len(panel.children) == 5 and all(isinstance(q, Quiz) for q in panel.children)
 
 
 def test_live_loss_records_what_the_trainer_sees_and_redraws_every_few_steps():

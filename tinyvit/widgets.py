@@ -1,7 +1,7 @@
-"""ipywidgets explorers for the notebooks: patch size, attention by layer/head/query, a live loss curve, quizzes.
+"""ipywidgets explorers for the notebooks: patch size, attention by layer/head/query, a live loss curve.
 
 Each explorer is a `VBox` (so a notebook displays it by naming it) with a plain method that does what its
-controls do (`set_patch_size`, `select`, `choose`), so tests and notebooks can drive it without a browser.
+controls do (`set_patch_size`, `select`), so tests and notebooks can drive it without a browser.
 Pictures go into an `Image` widget as PNG bytes, so a saved notebook (and the book) keeps the last view.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import viz
-from .checks import Question
 
 
 def patch_facts(image_size: int, patch_size: int, heads: int = 1, bytes_per_entry: int = 4,
@@ -183,34 +182,3 @@ class LiveLoss(widgets.VBox):
         fig = viz.plot_curves({self.title: self.losses}, xlabel="step")
         fig.set_size_inches(6, 3)
         self.picture.value = figure_png(fig)
-
-
-class Quiz(widgets.VBox):
-    """One multiple-choice question with a Check button and feedback."""
-
-    def __init__(self, question: Question):
-        self.question = question
-        self.prompt = widgets.HTML(f"<b>{question.prompt}</b>")
-        self.choices = widgets.RadioButtons(options=[(text, i) for i, text in enumerate(question.options)],
-                                            value=None, layout=widgets.Layout(width="auto"))
-        self.button = widgets.Button(description="Check")
-        self.feedback = widgets.HTML()
-        self.button.on_click(lambda _: self.check())
-        super().__init__([self.prompt, self.choices, self.button, self.feedback])
-
-    def check(self) -> bool:
-        """Grade the selected option and show the feedback."""
-        correct, text = self.question.grade(self.choices.value)
-        colour = "green" if correct else "firebrick"
-        self.feedback.value = f"<span style='color:{colour}'>{text}</span>"
-        return correct
-
-    def choose(self, option: int) -> bool:
-        """Select option `option` (0-based) and check it, as a click would."""
-        self.choices.value = option
-        return self.check()
-
-
-def quiz_panel(questions: Sequence[Question]) -> widgets.VBox:
-    """All questions, one `Quiz` each, stacked."""
-    return widgets.VBox([Quiz(q) for q in questions])
