@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tinyvit.cli as cli
+import tinyvit.cli_train as cli_train
 from tinyvit.data import ShapesConfig, export_shapes
 from tinyvit.recipes import default_recipe
 
@@ -93,7 +94,7 @@ def test_train_without_data_uses_the_shapes_recipe_and_reports_heldout_accuracy(
     assert result.returncode == 0, result.stderr
     assert "held-out colour-shape pairs" in result.stdout and "zero-shot shape accuracy" in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["n"] == cli.EVAL_ITEMS
+    assert metrics["n"] == cli_train.EVAL_ITEMS
     for key in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1"):
         assert 0 <= metrics[key] <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -165,11 +166,11 @@ def test_help_documents_each_command(command, words, capsys):
     assert all(word in out for word in words)
 
 
-def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete(work, tmp_path, monkeypatch, capsys):
+def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete_and_keeps_its_checkpoint(work, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "fit", interrupted)
+    monkeypatch.setattr(cli_train, "fit", interrupted)
     assert cli.main(tiny_train_args(str(tmp_path / "new"), "--data", str(work["manifest"]))) == 130
     assert not (tmp_path / "new").exists()
     monkeypatch.undo()
@@ -178,14 +179,16 @@ def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete(work, tmp_
     shutil.copytree(work["run"], old)
     before = (old / "checkpoint.pt").read_bytes()
 
-    def broken_plot(history, path):
+    def broken_plot(*args):
         raise ValueError("plotting failed")
 
-    monkeypatch.setattr(cli, "save_loss_plot", broken_plot)
+    monkeypatch.setattr(cli_train, "save_loss_plot", broken_plot)
     args = tiny_train_args(str(old), "--data", str(work["manifest"]), "--config", str(work["config"]), "--force")
     assert cli.main(args) == 2
-    assert "plotting failed" in capsys.readouterr().err
-    assert sorted(os.listdir(old)) == sorted(cli.RUN_FILES) and (old / "checkpoint.pt").read_bytes() == before
+    err = capsys.readouterr().err
+    assert "plotting failed" in err and f"continue with: python -m tinyvit train --out {old} --resume" in err
+    assert sorted(os.listdir(old)) == sorted([*cli.RUN_FILES, ".partial"])  # the finished training is kept
+    assert (old / "checkpoint.pt").read_bytes() == before  # and the old run is as it was
 
 
 def test_config_file_merges_over_the_recipe_and_flags_win(tmp_path):

@@ -188,15 +188,24 @@ def test_a_run_is_staged_then_published_with_metrics_last(tmp_path):
     with staged_run(out) as stage:
         for name in RUN_FILES:
             (stage / name).write_text(name)
+        save_checkpoint(stage / "checkpoint.pt", model={}, step=4)
         publish(stage, out)
     assert sorted(os.listdir(out)) == sorted(RUN_FILES) and holds_clip_run(out)
     with pytest.raises(ValueError, match="already holds a complete run; pass --force"):
         check_out_folder(out)
     assert check_out_folder(out, force=True) == out
+    before = (out / "checkpoint.pt").read_bytes()
     with pytest.raises(RuntimeError, match="power cut"), staged_run(out) as stage:
-        (stage / "checkpoint.pt").write_text("new")
+        (stage / "config.json").write_text("new")
         raise RuntimeError("power cut")
-    assert sorted(os.listdir(out)) == sorted(RUN_FILES) and (out / "checkpoint.pt").read_text() == "checkpoint.pt"
+    assert sorted(os.listdir(out)) == sorted(RUN_FILES) and (out / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(RuntimeError) as failed, staged_run(out, resume_command="RESUME") as stage:
+        save_checkpoint(stage / "checkpoint.pt", model={}, step=2)
+        raise RuntimeError("power cut")
+    assert failed.value.__notes__ == [f"the checkpoint of step 2 is kept in {out / '.partial'}; continue with: RESUME"]
+    with pytest.raises(ValueError, match="unfinished run with a checkpoint of step 2; continue it with --resume"):
+        check_out_folder(out)
+    assert check_out_folder(out, resume=True) == out and check_out_folder(out, force=True) == out
     with pytest.raises(KeyboardInterrupt), staged_run(tmp_path / "new"):
         raise KeyboardInterrupt
     assert not (tmp_path / "new").exists()  # a folder the run created goes with it
@@ -205,3 +214,13 @@ def test_a_run_is_staged_then_published_with_metrics_last(tmp_path):
         check_out_folder(tmp_path / "file")
     shutil.rmtree(out)
     assert not holds_clip_run(out)
+
+
+def test_a_checkpoint_without_what_its_reader_needs_is_refused_by_name(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", tokenizer=b"x")
+    with pytest.raises(ValueError, match="c.pt is a tinyvit checkpoint without 'model'; it is damaged"):
+        load_checkpoint(tmp_path / "c.pt", needs=("model", "tokenizer"))
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", configs={}, tokenizer=b"x")
+    with pytest.raises(ValueError, match="without 'model'"):
+        load_run(tmp_path / "run")

@@ -113,7 +113,8 @@ def _from_dict(cls, data: dict[str, Any], aliases: dict[str, str] | None = None)
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} expects a JSON object of settings, got {type(data).__name__}")
     aliases = aliases or {}
-    fields = {f.name for f in dataclasses.fields(cls)}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    fields = set(types)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         name = aliases.get(key, key)
@@ -121,8 +122,26 @@ def _from_dict(cls, data: dict[str, Any], aliases: dict[str, str] | None = None)
             raise ValueError(f"unknown {cls.__name__} key {key!r}; expected some of {sorted(fields | set(aliases))}")
         if name in kwargs:
             raise ValueError(f"{cls.__name__} key {name!r} given twice (as {key!r} and under another name)")
-        kwargs[name] = value
+        kwargs[name] = _checked(cls, key, types[name], value)
     return cls(**kwargs)
+
+
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _checked(cls, key: str, kind: str, value: Any) -> Any:
+    """`value` if it has the field's type (an int is a float too; a bool is never a number), else a ValueError
+    naming the key, the type expected and what came. A JSON list becomes the tuple a tuple field holds."""
+    if kind.startswith("tuple[") and isinstance(value, (list, tuple)):
+        items = kind[len("tuple["):-1].split(", ")
+        if len(value) == len(items):
+            return tuple(_checked(cls, f"{key}[{i}]", t, v) for i, (t, v) in enumerate(zip(items, value)))
+        raise ValueError(f"{cls.__name__} key {key!r} must hold {len(items)} values, got {value!r}")
+    if kind in _KINDS and (not isinstance(value, _KINDS[kind]) or (kind != "bool" and isinstance(value, bool))):
+        got = "null" if value is None else f"{type(value).__name__} {value!r}"
+        raise ValueError(f"{cls.__name__} key {key!r} must be {_WORDS[kind]}, got {got}")
+    return float(value) if kind == "float" else value
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

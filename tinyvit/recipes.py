@@ -14,18 +14,21 @@ from .config import SOURCE_KEYS, TextConfig, TrainConfig, ViTConfig, read_json_o
 from .data import BatchConfig, ShapesConfig
 from .runs import convert_old_configs
 
+DEFAULT_STEPS = 3000  # the steps the shapes recipe is built for; shorter runs say so in their summary
 SHAPE_PHASE_SHARE = 0.5  # the default recipe's share of steps that contrast only the copies of one scene
 EVAL_ITEMS = 500  # items scored at the end of a run; 200 of them during it
 TOKENIZER_CAPTIONS = 4000  # shapes captions the tokenizer is trained on
 PRELOAD_BYTES = 1 << 30  # manifests whose images fit in 1 GiB as float tensors are read (and checked) up front
+CHECKPOINT_EVERY = 100  # the CLI's checkpoint interval (steps) when the config sets none: what --resume continues
 SECTIONS = ("vision", "text", "train", "shapes", "batches")
 FLAGS = {"image_size": ("vision", "image_size"), "patch_size": ("vision", "patch_size"),
          "text_encoder": ("text", "kind"), "vocab_size": ("text", "vocab_size"), "steps": ("train", "steps"),
          "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
-         "device": ("train", "device"), "precision": ("train", "precision")}
+         "device": ("train", "device"), "precision": ("train", "precision"),
+         "checkpoint_every": ("train", "checkpoint_every")}
 
 
-def default_recipe(steps: int = 3000) -> dict[str, Any]:
+def default_recipe(steps: int = DEFAULT_STEPS) -> dict[str, Any]:
     """The shapes recipe for `steps` training steps. The chapter's width, depth, heads and MLP are kept; 64x64
     images with 8x8 patches give 65 tokens instead of the chapter's 197, so a step costs about a third as much, and
     the shapes still span several patches. What makes it learn shape and not only colour (benchmarks/README.md):
@@ -58,14 +61,20 @@ def make_recipe(config_file: str | Path | dict | None = None, **flags: Any) -> d
     if unknown:
         raise TypeError(f"make_recipe got unknown flags {sorted(unknown)}; expected some of {sorted(FLAGS)}")
     data = _read_config(config_file)
+    name = "the config" if isinstance(config_file, dict) or config_file is None else str(config_file)
     steps = flags.get("steps")
     if steps is None:
-        steps = data.get("train", {}).get("steps", default_recipe().get("train").steps)
+        steps = data.get("train", {}).get("steps", DEFAULT_STEPS)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"{name}, section 'train': steps must be a positive integer, got {steps!r}")
     recipe = default_recipe(steps)
     for section, values in data.items():
         if section == "vision":
             values = {SOURCE_KEYS.get(k, k): v for k, v in values.items()}
-        recipe[section] = type(recipe[section]).from_dict({**recipe[section].to_dict(), **values})
+        try:
+            recipe[section] = type(recipe[section]).from_dict({**recipe[section].to_dict(), **values})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}, section {section!r}: {err}") from None
     changes: dict[str, dict[str, Any]] = {}
     for flag, value in flags.items():
         if value is not None:

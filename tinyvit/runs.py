@@ -43,22 +43,29 @@ def atomic_file(path: str | Path) -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists and is not a file; name a file to write")
     try:
         with open(tmp, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from None
         raise
 
 
 def save_checkpoint(path: str | Path, **state: Any) -> Path:
     """Write `state` (tensors, dicts, lists, numbers, strings, bytes) atomically, with the format marker."""
-    with atomic_file(path) as f:
-        torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, f)
+    try:
+        with atomic_file(path) as f:
+            torch.save({"format": FORMAT, "version": FORMAT_VERSION, **state}, f)
+    except RuntimeError as err:  # torch's writer reports a failed write (a full disk) as a RuntimeError
+        raise OSError(f"cannot write {path}: {str(err).strip().splitlines()[0]}") from None
     return Path(path)
 
 
@@ -68,48 +75,114 @@ def write_json(path: str | Path, data: Any) -> None:
         f.write((json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
-def check_out_folder(out: str | Path, force: bool = False) -> Path:
-    """Where a run may be written: a folder (or a path that does not exist yet) holding no complete run, or one
-    that does with `force`."""
+STAGE = ".partial"  # RUN_DIR/.partial: the run being written, with its periodic checkpoints
+OWN_MARKER = {"train": "checkpoint.pt", "think": "thinker.pt"}  # the file that says a folder holds that kind of run
+
+
+def check_out_folder(out: str | Path, force: bool = False, resume: bool = False, kind: str = "train") -> Path:
+    """Where a run may be written: a path that does not exist, an empty folder, or a folder holding a tinyvit run
+    of this `kind` ("train" or "think"), which is replaced only with `force`; an unfinished run (RUN_DIR/.partial
+    with a checkpoint) is continued with `resume` or replaced with `force`. Anything else is refused."""
+    if not str(out).strip():
+        raise ValueError("--out is empty; name the folder to write the run into")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    _check_writable(out)
+    checkpoint = out / STAGE / "checkpoint.pt"
+    if resume:
+        if force:
+            raise ValueError("--resume continues a run and --force starts it over: pass one of them")
+        if not checkpoint.is_file():
+            raise ValueError(f"--resume: {out / STAGE} holds no checkpoint to continue from")
+        return out
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries == [STAGE] and not checkpoint.exists() or not entries:
+        return out  # new, empty, or a stage with nothing worth keeping
+    other = next(k for k in OWN_MARKER if k != kind)
+    if _tinyvit_file(out / OWN_MARKER[other]) or (kind == "think" and holds_clip_run(out)):
+        raise ValueError(f"--out {out} holds a {'CLIP' if other == 'train' else 'Thinker'} run; write this run "
+                         "into a folder of its own")
+    if not (_tinyvit_file(out / OWN_MARKER[kind]) or _tinyvit_file(checkpoint)):
+        raise ValueError(f"--out {out} holds files that are not a tinyvit run ({', '.join(entries[:5])}); write the "
+                         "run into a new or empty folder")
+    if checkpoint.exists() and not force:
+        raise ValueError(f"{out} holds an unfinished run with a checkpoint of step {checkpoint_step(checkpoint)}; "
+                         "continue it with --resume, or pass --force to start over (its checkpoint is deleted)")
     if (out / "metrics.json").exists() and not force:
         raise ValueError(f"{out} already holds a complete run; pass --force to overwrite it")
     return out
 
 
-@contextlib.contextmanager
-def staged_run(out: str | Path) -> Iterator[Path]:
-    """A fresh OUT/.partial folder to write a run into; the caller ends with `publish`. On any error or interrupt
-    the stage goes, and so does OUT if this call created it and it is empty."""
-    out = Path(out)
-    created, stage = not out.exists(), out / ".partial"
+def _check_writable(out: Path) -> None:
+    """Refuse, naming the path, an --out below a file, one that is a file, or one in a folder we cannot write."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out} is below {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write into {parent} (permission denied)")
+
+
+def _tinyvit_file(path: Path) -> bool:
+    """Is `path` a checkpoint carrying tinyvit's marker? (Read lazily: only the small header is touched.)"""
     try:
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
+        return torch.load(path, mmap=True, weights_only=True).get("format") == FORMAT
+    except Exception:  # missing, unreadable or foreign: not ours
+        return False
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step a training checkpoint was saved at (None when it holds none)."""
+    try:
+        return torch.load(path, mmap=True, weights_only=True).get("step")
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def staged_run(out: str | Path, resume: bool = False, resume_command: str | None = None) -> Iterator[Path]:
+    """OUT/.partial to write a run into (fresh, or kept as it is to `resume`); the caller ends with `publish`.
+    On any error or interrupt a stage holding a checkpoint is kept (a note on the exception says so, and how to
+    continue: `resume_command`); any other stage goes, and so does OUT if this call created it and it is empty."""
+    out = Path(out)
+    created, stage = not out.exists(), out / STAGE
+    try:
+        if not resume:
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+    except BaseException as err:
+        checkpoint = stage / "checkpoint.pt"
+        if checkpoint.is_file():
+            how = f"; continue with: {resume_command}" if resume_command else ""
+            err.add_note(f"the checkpoint of step {checkpoint_step(checkpoint)} is kept in {stage}{how}")
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
         raise
 
 
-def publish(stage: Path, out: Path) -> None:
-    """Move a finished run from `stage` into `out`: the old completion marker goes first, the new one last."""
-    (out / "metrics.json").unlink(missing_ok=True)
-    for name in RUN_FILES[:-1]:
+def publish(stage: Path, out: Path, files: tuple[str, ...] = RUN_FILES) -> None:
+    """Move a finished run's `files` from `stage` into `out`: the old completion marker (metrics.json, the last
+    of `files`) goes first, the new one comes last; then the stage goes, with anything else it held."""
+    (out / files[-1]).unlink(missing_ok=True)
+    for name in files:
         os.replace(stage / name, out / name)
-    os.replace(stage / "metrics.json", out / "metrics.json")
-    stage.rmdir()
+    shutil.rmtree(stage)
 
 
 # --- reading and checking ---------------------------------------------------------------------------------------
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+TRAINING_KEYS = ("model", "optimizer", "step", "history", "rng")  # what `train.fit` needs to resume
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", needs: tuple[str, ...] = ()
+                    ) -> dict[str, Any]:
     """Read a checkpoint with torch.load(weights_only=True); its "configs" come back through
-    `convert_old_configs`."""
+    `convert_old_configs`. A key in `needs` that it lacks is an error naming the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -122,6 +195,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a tinyvit checkpoint (no '{FORMAT}' marker); was it saved by tinyvit?")
     if ckpt.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format version {ckpt.get('version')}, expected {FORMAT_VERSION}")
+    missing = [key for key in needs if key not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is a tinyvit checkpoint without {', '.join(map(repr, missing))}; it is damaged or "
+                         "was not saved by the command that reads it")
     if isinstance(ckpt.get("configs"), dict):
         ckpt["configs"] = convert_old_configs(ckpt["configs"], path)
     return ckpt
@@ -235,7 +312,7 @@ def _load_run(run_dir: str | Path, device: str) -> tuple[CLIP, Tokenizer, dict[s
         raise FileNotFoundError(f"run folder not found: {run}")
     if not (run / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run} has no checkpoint.pt; is it a finished `python -m tinyvit train --out` run?")
-    ckpt = load_checkpoint(run / "checkpoint.pt")
+    ckpt = load_checkpoint(run / "checkpoint.pt", needs=("model", "tokenizer"))
     if (run / "config.json").is_file():
         configs = read_run_config(run)
     else:

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, seed_everything
-from .runs import check_configs, load_checkpoint, save_checkpoint
+from .runs import TRAINING_KEYS, check_configs, load_checkpoint, save_checkpoint
 
 THREADS_HELP = "CPU threads for torch (default: torch's choice; 1 is often faster on a machine busy with other work)"
 
@@ -142,7 +142,7 @@ def fit(
         history["temperature"] = []
     start, elapsed = 0, 0.0
     if resume is not None:
-        ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume, needs=TRAINING_KEYS)
         if "configs" in extra_state:
             check_configs(extra_state["configs"], ckpt.get("configs", {}))
         core.load_state_dict(ckpt["model"])

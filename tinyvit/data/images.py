@@ -160,4 +160,42 @@ class ManifestDataset(Dataset):
             value = item.get(key)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"item {item['image']} has no integer {key!r} (got {value!r})")
+            if not -2**63 <= value < 2**63:
+                raise ValueError(f"item {item['image']} has {key!r} {value}, far beyond any class number")
         return torch.tensor([item[key] for item in self.items], dtype=torch.long)
+
+
+class SkipUnreadable(Dataset):
+    """A data set of (image, caption) items whose unreadable images are skipped: item i's image failing to load
+    gives the next readable item instead, and its path joins `bad` (in the order met). More than `limit` of them
+    is an error naming the last. `on_skip(path, reason)` is called once per bad path. ds[i] -> (image, caption)."""
+
+    def __init__(self, dataset: ManifestDataset, limit: int, on_skip=None, bad: list[str] | None = None):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"the limit of unreadable images must be a non-negative integer, got {limit!r}")
+        self.dataset, self.limit, self.on_skip = dataset, limit, on_skip
+        self.bad = [] if bad is None else bad  # shared with the caller, so a checkpoint can carry it
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def captions(self) -> list[str]:
+        return self.dataset.captions
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        for k in range(len(self.dataset)):
+            j = (i + k) % len(self.dataset)
+            path = self.dataset.items[j]["image"]
+            if path in self.bad:
+                continue
+            try:
+                return self.dataset[j]
+            except (ValueError, FileNotFoundError) as err:
+                self.bad.append(path)
+                if len(self.bad) > self.limit:
+                    raise ValueError(f"{len(self.bad)} unreadable images met, more than the limit of {self.limit} "
+                                     f"(--max-bad-images); the last: {err}") from None
+                if self.on_skip is not None:
+                    self.on_skip(path, str(err))
+        raise ValueError("no image of the data set is readable")

@@ -146,14 +146,16 @@ def encoder_fingerprint(encoder: VisionEncoder) -> str:
 
 def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig = RECIPE, n_images: int = 3000,
                   eval_images: int = 500, progress: bool = True, rule_out_unseen: bool = True,
-                  whiten: bool = False) -> dict[str, Any]:
+                  whiten: bool = False, checkpoint_path: str | Path | None = None,
+                  resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a Thinker on the questions about n_images "train" images read through a CLIP run's frozen encoder,
     then score it on eval_images "heldout" images (colour-shape pairs never trained on) and as many "test" images
     (new images of trained pairs: "seen_pairs"). With `rule_out_unseen` (the default) the loss leaves out, for each
     question, the answers it never had in training (`unseen_answers`); False trains a plain language model.
     `whiten` whitens the image tokens with the training images' statistics (`Thinker.set_whitening`).
-    -> {"model", "tokenizer", "encoder", "shapes", "history", "metrics"}; metrics["train_seconds"] counts the
-    tokenizer, the image tokens and the steps."""
+    `checkpoint_path` and `resume` go to `train.fit` (the data is drawn again from the seed; the tokenizer must
+    come out the same). -> {"model", "tokenizer", "encoder", "shapes", "history", "metrics"};
+    metrics["train_seconds"] counts the tokenizer, the image tokens and the steps."""
     encoder, shapes = load_clip_encoder(clip_run, train.device)
     started = time.perf_counter()
     train_set = ShapesDataset(n_images, shapes, "train", seed=train.seed)
@@ -170,7 +172,10 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
         model.set_whitening(tokens)  # (n, K, E) float16: `whitening` reads it in float64 chunks
     ruled_out = unseen_answers(records, ids, mask) if rule_out_unseen else None
     batches = QABatches(tokens, records, ids, mask, train.batch_size, train.seed, ruled_out)
-    history = fit(model, thinker_batch_loss, batches, train, progress=progress)
+    if resume is not None and resume.get("tokenizer") != tokenizer.to_bytes():
+        raise ValueError("cannot resume: the Thinker's tokenizer comes out differently now than when the run began")
+    history = fit(model, thinker_batch_loss, batches, train, progress=progress, checkpoint_path=checkpoint_path,
+                  resume=resume, extra_state={"configs": {"thinker": cfg.to_dict()}, "tokenizer": tokenizer.to_bytes()})
     train_seconds = time.perf_counter() - started
     heldout = ShapesDataset(eval_images, shapes, "heldout", seed=train.seed)
     scores = evaluate_qa(model, tokenizer, encode_scenes(encoder, heldout, variant), make_qa(heldout, train.seed))
@@ -185,12 +190,14 @@ def train_thinker(clip_run: str | Path, variant: str = "cls", train: TrainConfig
             "metrics": metrics}
 
 
-def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Path) -> Path:
+def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Path,
+                 relative_to: str | Path | None = None) -> Path:
     """Write THINKER_DIR/thinker.pt (atomic: the LM's weights and config, its tokenizer, the CLIP run's path
-    relative to THINKER_DIR, its vision config and weights' fingerprint), then metrics.json. -> the checkpoint.
-    A CLIP run's folder is refused: its metrics.json is the CLIP run's own."""
+    relative to THINKER_DIR (or to `relative_to`, the folder it will be moved to), its vision config and weights'
+    fingerprint), then metrics.json. -> the checkpoint. A CLIP run's folder is refused: its metrics.json is the
+    CLIP run's own."""
     out = Path(out_dir)
-    if holds_clip_run(out):
+    if holds_clip_run(relative_to or out):
         raise ValueError(f"{out} holds a CLIP run; write the Thinker into a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # the completion marker goes first and comes back last
@@ -199,7 +206,7 @@ def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Pa
         out / THINKER_FILE, model={k: v.cpu() for k, v in model.state_dict().items()},
         configs={"thinker": model.cfg.to_dict(), "vision": result["encoder"].cfg.to_dict(),
                  "shapes": result["shapes"].to_dict()},
-        tokenizer=result["tokenizer"].to_bytes(), clip_run=os.path.relpath(Path(clip_run).resolve(), out.resolve()),
+        tokenizer=result["tokenizer"].to_bytes(), clip_run=os.path.relpath(Path(clip_run).resolve(), Path(relative_to or out).resolve()),
         encoder_fingerprint=encoder_fingerprint(result["encoder"]),
         loss=[round(x, 4) for x in result["history"]["loss"]])
     write_json(out / "metrics.json", result["metrics"])
@@ -212,7 +219,7 @@ def load_thinker(run_dir: str | Path, device: str = "cpu") -> tuple[Thinker, Tok
     run = Path(run_dir)
     if not (run / THINKER_FILE).is_file():
         raise FileNotFoundError(f"{run} holds no {THINKER_FILE}: pass the --out folder of `python -m tinyvit think`")
-    ckpt = load_checkpoint(run / THINKER_FILE)
+    ckpt = load_checkpoint(run / THINKER_FILE, needs=("model", "tokenizer", "clip_run"))
     if "thinker" not in ckpt.get("configs", {}):
         raise ValueError(f"{run / THINKER_FILE} is a tinyvit checkpoint but not a Thinker (no 'thinker' config)")
     clip_run = (run / ckpt["clip_run"]).resolve()
