@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from tinyvit import patchify
-from tinyvit.checks import NOT_ATTEMPTED, check_attention_head, check_info_nce, check_patchify
+from tinyvit.checks import (NOT_ATTEMPTED, check_attention_head, check_info_nce, check_patchify,
+                            check_unpatchify)
 
 
 def grade(checker, fn, capsys):
@@ -100,3 +101,80 @@ def test_hints_get_more_specific_on_a_second_failed_attempt(capsys):
     grade(check_patchify, patchify_reference, capsys)  # a success starts the count again
     _, again = grade(check_patchify, patchify_transposed, capsys)
     assert "hint:" not in again
+
+
+# ---- unpatchify -----------------------------------------------------------------------------------------
+
+def unpatchify_reference(flat, p, H, W):
+    B, P, K = flat.shape
+    C = K // (p * p)
+    x = flat.reshape(B, H // p, W // p, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, gh, p, gw, p)
+    return x.reshape(B, C, H, W)
+
+
+def unpatchify_fold(flat, p, H, W):
+    return F.fold(flat.transpose(1, 2), output_size=(H, W), kernel_size=p, stride=p)
+
+
+def unpatchify_one_reshape(flat, p, H, W):
+    B, P, K = flat.shape
+    return flat.reshape(B, K // (p * p), H, W)
+
+
+def unpatchify_column_major(flat, p, H, W):
+    B, P, K = flat.shape
+    C = K // (p * p)
+    x = flat.reshape(B, W // p, H // p, C, p, p).permute(0, 3, 2, 4, 1, 5)  # grid read as (gw, gh)
+    return x.reshape(B, C, H, W)
+
+
+def unpatchify_channels_last(flat, p, H, W):
+    B, P, K = flat.shape
+    C = K // (p * p)
+    x = flat.reshape(B, H // p, W // p, p, p, C).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(B, C, H, W)
+
+
+def unpatchify_swapped_sides(flat, p, H, W):
+    B, P, K = flat.shape
+    C = K // (p * p)
+    x = flat.reshape(B, W // p, H // p, C, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(B, C, H, W)
+
+
+def unpatchify_image_layout(flat, p, H, W):
+    return unpatchify_reference(flat, p, H, W).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+
+def test_check_unpatchify_accepts_reference_and_fold(capsys):
+    assert grade(check_unpatchify, unpatchify_reference, capsys)[0]
+    ok, out = grade(check_unpatchify, unpatchify_fold, capsys)
+    assert ok and out.startswith("correct")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (unpatchify_one_reshape, "one reshape alone"),
+    (unpatchify_column_major, "column by column"),
+    (unpatchify_channels_last, "channels last"),
+    (unpatchify_image_layout, "the channel axis belongs right after the batch axis"),
+    (lambda f, p, H, W: unpatchify_reference(f, p, H, W) * 2, "values differ"),
+    (lambda f, p, H, W: f, "expected shape (2, 3, 8, 8)"),
+])
+def test_check_unpatchify_names_the_mistake(fn, words, capsys):
+    ok, out = grade(check_unpatchify, fn, capsys)
+    assert not ok and words in out
+
+
+def test_check_unpatchify_names_swapped_sides_on_a_non_square_image(capsys):
+    def square_right_else_swapped(flat, p, H, W):
+        return (unpatchify_reference if H == W else unpatchify_swapped_sides)(flat, p, H, W)
+    ok, out = grade(check_unpatchify, square_right_else_swapped, capsys)
+    assert not ok and "swaps the two" in out and "12 x 8" in out
+
+
+def test_check_unpatchify_rejects_its_stub_and_the_package_own(capsys):
+    from tinyvit import unpatchify
+    ok, out = grade(check_unpatchify, lambda f, p, H, W: None, capsys)
+    assert not ok and "not attempted" in out
+    ok, out = grade(check_unpatchify, lambda f, p, H, W: unpatchify(f, p, (H, W), f.shape[-1] // p**2), capsys)
+    assert not ok and "package's own tinyvit.unpatchify" in out

@@ -46,3 +46,49 @@ def check_patchify(fn: Callable) -> Verdict:
         return fail(f"the shape is right but the values differ (images {shape}, patch size {p}): "
                      "patch 0 should be the top-left p x p block of every channel")
     return passed("correct: patches in row-major order, each flattened channel-first")
+
+
+@grader
+def check_unpatchify(fn: Callable) -> Verdict:
+    """Grade `fn(patches, patch_size, height, width)`: (B, P, C*p*p) -> (B, C, H, W), the inverse of patchify."""
+    generator = torch.Generator().manual_seed(0)
+    for (B, C, H, W), p in (((2, 3, 8, 8), 4), ((1, 3, 12, 8), 4), ((2, 2, 6, 9), 3)):
+        expected = torch.rand(B, C, H, W, generator=generator)
+        flat = patches.patchify(expected, p)  # (B, P, C*p*p)
+        got = call(fn, flat.clone(), p, H, W, forbidden={"tinyvit.unpatchify": patches.unpatchify})
+        if not isinstance(got, torch.Tensor):
+            return fail(got)
+        if tuple(got.shape) != (B, C, H, W):
+            if tuple(got.shape) == (B, H, W, C):
+                return fail(f"expected shape {(B, C, H, W)} (B, C, H, W), got {tuple(got.shape)}: the channel "
+                            "axis belongs right after the batch axis, as PyTorch stores images")
+            return fail(f"for patches of shape {tuple(flat.shape)}, patch size {p} and a {H} x {W} image "
+                         f"expected shape {(B, C, H, W)}, got {tuple(got.shape)}")
+        if close(got, expected):
+            continue
+        gh, gw = H // p, W // p
+        if close(got, flat.reshape(B, C, H, W)):
+            return fail("one reshape alone puts numbers in the wrong places: a patch's numbers sit together in "
+                        "memory, an image row's do not; split the axes, permute, then reshape",
+                        hint="reshape to (B, H/p, W/p, C, p, p) first, then bring C to the front and pair each "
+                             "grid axis with its within-patch axis")
+        if gh == gw and close(patches.patchify(got, p), _transpose_grid(flat, gh, gw)):
+            return fail("the patches are placed column by column: patch 1 belongs to the right of patch 0, "
+                        "not below it", hint="the grid-row axis (H/p) must come before the grid-column axis")
+        channels_last = flat.reshape(B, gh, gw, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
+        if close(got, channels_last.reshape(B, C, H, W)):
+            return fail("each patch is read as (p, p, C), channels last; patchify flattened it channel-first, "
+                        "(C, p, p)", hint="split the last axis as (C, p, p), in that order")
+        swapped = flat.reshape(B, gw, gh, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, gw, p, gh, p)
+        if gh != gw and close(got, swapped.reshape(B, C, H, W)):
+            return fail(f"for a {H} x {W} image the grid has H/p = {gh} rows of W/p = {gw} patches; "
+                        "your function swaps the two")
+        return fail(f"the shape is right but the values differ (a {C} x {H} x {W} image, patch size {p}): "
+                    "unpatchify(patchify(x)) should give x back exactly")
+    return passed("correct: every patch back in its place, unpatchify(patchify(x)) == x")
+
+
+def _transpose_grid(flat: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """Patches renumbered column by column: (B, P, K) -> (B, P, K)."""
+    B, P, K = flat.shape
+    return flat.reshape(B, gh, gw, K).transpose(1, 2).reshape(B, P, K)
