@@ -77,3 +77,62 @@ def info_nce_in_numpy(image_emb, text_emb, temperature):
 def test_check_info_nce_wants_a_loss_that_backpropagates_and_is_the_learners(fn, words, capsys):
     ok, out = grade(check_info_nce, fn, capsys)
     assert not ok and words in out
+
+
+# ---- recall@k -------------------------------------------------------------------------------------------
+
+from tinyvit.checks import check_recall_at_k  # noqa: E402
+from tinyvit.evaluate import recall_at_k  # noqa: E402
+
+
+def recall_reference(sim, k):
+    top = sim.topk(k, dim=1).indices  # (n, k)
+    return (top == torch.arange(len(sim))[:, None]).any(dim=1).float().mean()
+
+
+def recall_by_rank(sim, k):  # another correct form: a Python float from the rank of the right caption
+    rank = (sim > sim.diagonal()[:, None]).sum(dim=1)
+    return (rank < k).double().mean().item()
+
+
+@pytest.mark.parametrize("fn", [recall_reference, recall_by_rank])
+def test_check_recall_at_k_accepts_correct_forms(fn, capsys):
+    ok, out = grade(check_recall_at_k, fn, capsys)
+    assert ok and out.startswith("correct")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda sim, k: recall_reference(sim.T, k), "text->image"),
+    (lambda sim, k: recall_reference(sim, k) * len(sim), "count of hits"),
+    (lambda sim, k: 100 * recall_reference(sim, k), "percentage"),
+    (lambda sim, k: recall_reference(-sim, k), "least"),
+    (lambda sim, k: recall_reference(sim, 1), "recall@1"),
+    (lambda sim, k: recall_reference(sim, k + 1), "off by one"),
+    (lambda sim, k: recall_reference(sim, max(k - 1, 1)) if k > 1 else recall_reference(sim, 2), "off by one"),
+    (lambda sim, k: (sim.topk(k, dim=1).indices == torch.arange(len(sim))[:, None]).any(dim=1).float(),
+     "one number"),
+    (lambda sim, k: recall_reference(sim, k) + 0.01, "differs"),
+    (lambda sim, k: "0.5", "expected a torch.Tensor"),
+])
+def test_check_recall_at_k_names_the_mistake(fn, words, capsys):
+    ok, out = grade(check_recall_at_k, fn, capsys)
+    assert not ok and words in out
+
+
+def test_check_recall_at_k_rejects_stub_and_the_package_own_function(capsys):
+    def stub(sim, k):
+        raise NotImplementedError("your code here")
+    ok, out = grade(check_recall_at_k, stub, capsys)
+    assert not ok and "not attempted" in out
+    ok, out = grade(check_recall_at_k, lambda sim, k: recall_at_k(sim, k), capsys)
+    assert not ok and "package's own" in out
+
+
+def test_check_recall_at_k_hints_get_specific_and_never_show_code(capsys):
+    wrong = lambda sim, k: recall_reference(sim.T, k)
+    assert grade(check_recall_at_k, recall_reference, capsys)[0]  # a pass resets the count of failed attempts
+    _, first = grade(check_recall_at_k, wrong, capsys)
+    _, second = grade(check_recall_at_k, wrong, capsys)
+    assert "hint:" not in first and "hint:" in second
+    assert "topk(" not in first + second and "def " not in first + second
+    assert grade(check_recall_at_k, recall_reference, capsys)[0]
