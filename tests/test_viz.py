@@ -1,3 +1,5 @@
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -107,11 +109,38 @@ def test_show_similarity_labels_and_values():
 def test_table_renders_html_and_markdown():
     table = viz.Table(["claim", "value"], [["tokens", 197], ["a <b>", "x|y"]], title="t")
     html = table._repr_html_()
-    assert "<td style='text-align:left'>197</td>" in html and "&lt;b&gt;" in html and "<caption>t</caption>" in html
+    assert ">197</td>" in html and "&lt;b&gt;" in html and ">t</caption>" in html
     assert repr(table).splitlines()[2:] == ["| claim | value |", "|---|---|", "| tokens | 197 |", "| a <b> | x\\|y |"]
     assert "150,528" in repr(viz.Table(["n"], [[150528]]))
     with pytest.raises(ValueError, match="has 1 cells, expected 2"):
         viz.Table(["a", "b"], [["only"]])
+
+
+def test_table_cells_have_padding_and_borders_and_numbers_align_right():
+    html = viz.Table(["patch", "tokens"], [[16, 197], [8, 785]])._repr_html_()
+    cells = re.findall(r"<t[hd] style='([^']*)'>", html)
+    assert len(cells) == 6
+    assert all("padding:" in style and "border:1px solid" in style for style in cells)
+    assert all("text-align:right" in style for style in cells)  # both columns hold only numbers
+    mixed = viz.Table(["claim", "n"], [["a", 1], ["b", "two"]])._repr_html_()
+    assert "text-align:right" not in mixed
+
+
+def test_table_highlights_its_verdict_column():
+    rows = [["tokens", "true"], ["pixels", "false"], ["speed", "misleading"], ["recall", "not tested here"],
+            ["norm", "missing, 128"], ["other", "see text"]]
+    html = viz.Table(["claim", "verdict"], rows)._repr_html_()
+    kinds = re.findall(r"class='verdict verdict-(\w+)'[^>]*>([^<]*)<", html)
+    assert kinds == [("right", "true"), ("wrong", "false"), ("imprecise", "misleading"),
+                     ("untested", "not tested here"), ("wrong", "missing, 128")]
+    assert html.count("background-color:#fde0dc") == 2  # each kind has its own colours, inline for JupyterLab
+    assert "verdict-" not in viz.Table(["claim", "verdict"], rows, verdicts=None)._repr_html_()
+    named = viz.Table(["claim", "Holds?"], [["x", "right"]], verdicts="holds?")._repr_html_()
+    assert "verdict verdict-right" in named
+    assert "verdict-" not in viz.Table(["claim", "value"], [["x", "true"]])._repr_html_()
+    with pytest.raises(ValueError, match="names no column"):
+        viz.Table(["claim"], [["x"]], verdicts="status")
+    assert viz.verdict_kind("Wrong.") == "wrong" and viz.verdict_kind("") is None
 
 
 def test_show_attention_grid_draws_one_panel_per_map_on_one_scale(image):

@@ -255,23 +255,76 @@ def plot_curves(curves: Mapping[str, Sequence[float] | tuple[Sequence[float], Se
     return fig
 
 
-class Table:
-    """A small table that renders as HTML in a notebook (and in the book) and as Markdown text elsewhere."""
+# Table styles, inline so that they hold wherever the HTML is shown: JupyterLab (light or dark theme), the book
+# (whose stylesheet tinyvit.css adds only what inline styles cannot, e.g. wide tables scrolling), a browser.
+_BORDER = "border:1px solid rgba(128,128,128,0.45)"
+_CELL = f"padding:4px 10px;{_BORDER};vertical-align:top"
+_HEAD = f"{_CELL};background-color:rgba(128,128,128,0.14);font-weight:600"
 
-    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None):
+# A verdict column is highlighted by its first word: one class per kind of verdict, each with its colours.
+VERDICT_WORDS = {
+    "right": ("true", "right", "correct", "holds", "matches", "yes", "exact"),
+    "wrong": ("false", "wrong", "incorrect", "missing", "error", "no"),
+    "imprecise": ("imprecise", "misleading", "approximately", "approximate", "partly", "rounded",
+                  "overstated", "understated", "vague", "loose", "unclear"),
+    "untested": ("not", "untested", "unmeasured", "n/a"),
+}
+VERDICT_STYLES = {
+    "right": "background-color:#dff3e4;color:#1b5e20",
+    "wrong": "background-color:#fde0dc;color:#8e1b10",
+    "imprecise": "background-color:#fff1cc;color:#6d4c00",
+    "untested": "background-color:#eceff1;color:#37474f",
+}
+
+
+def verdict_kind(text: object) -> str | None:
+    """'false' -> 'wrong', 'true' -> 'right', 'misleading' -> 'imprecise', 'not tested here' -> 'untested';
+    None for a verdict whose first word is none of VERDICT_WORDS."""
+    first = str(text).strip().lower().split(maxsplit=1)
+    word = first[0].strip(".,;:!()") if first else ""
+    return next((kind for kind, words in VERDICT_WORDS.items() if word in words), None)
+
+
+class Table:
+    """A small table that renders as HTML in a notebook (and in the book) and as Markdown text elsewhere.
+
+    The HTML has padding and borders; columns that hold only numbers are right-aligned. The column named by
+    `verdicts` (by default one named "verdict", if there is one) is highlighted: each cell gets the class
+    `verdict verdict-<kind>` and that kind's colours (`verdict_kind`: right, wrong, imprecise, untested)."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
+                 verdicts: str | None = "verdict"):
         for row in rows:
             if len(row) != len(columns):
                 raise ValueError(f"row {list(row)!r} has {len(row)} cells, expected {len(columns)} ({list(columns)})")
         self.columns, self.rows, self.title = list(columns), [list(r) for r in rows], title
+        lowered = [str(c).strip().lower() for c in self.columns]
+        if verdicts is None or verdicts.strip().lower() not in lowered:
+            if verdicts not in (None, "verdict"):
+                raise ValueError(f"verdicts={verdicts!r} names no column of {self.columns}")
+            self.verdict_column = None
+        else:
+            self.verdict_column = lowered.index(verdicts.strip().lower())
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-            for row in self.rows
-        )
-        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        numeric = [bool(self.rows) and all(_is_number(row[k]) for row in self.rows) for k in range(len(self.columns))]
+        align = ["right" if n else "left" for n in numeric]
+        head = "".join(f"<th style='text-align:{a};{_HEAD}'>{html.escape(str(c))}</th>"
+                       for c, a in zip(self.columns, align))
+        body = "".join("<tr>" + "".join(self._td(k, v, align[k]) for k, v in enumerate(row)) + "</tr>"
+                       for row in self.rows)
+        caption = (f"<caption style='caption-side:top;text-align:left;font-weight:600;padding:0 0 0.4em'>"
+                   f"{html.escape(self.title)}</caption>") if self.title else ""
+        return (f"<table class='tinyvit-table' style='border-collapse:collapse;margin:0.4em 0'>{caption}"
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+    def _td(self, column: int, value: object, align: str) -> str:
+        text = html.escape(_cell(value))
+        kind = verdict_kind(value) if column == self.verdict_column else None
+        if kind is None:
+            return f"<td style='text-align:{align};{_CELL}'>{text}</td>"
+        return (f"<td class='verdict verdict-{kind}' style='text-align:{align};{_CELL};"
+                f"{VERDICT_STYLES[kind]};font-weight:600'>{text}</td>")
 
     def __repr__(self) -> str:
         lines = [f"**{self.title}**", ""] if self.title else []
@@ -279,6 +332,10 @@ class Table:
         lines.append("|" + "---|" * len(self.columns))
         lines += ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in self.rows]
         return "\n".join(lines)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _cell(value: object) -> str:
