@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tinyvit import ViTConfig, VisionEncoder
-from tinyvit.widgets import (AttentionExplorer, LiveLoss, PatchExplorer, divisors_between, format_bytes,
-                             patch_facts)
+from tinyvit.widgets import (LIVE_NOTE_CLASS, AttentionExplorer, LiveLoss, LiveNote, PatchExplorer,
+                             divisors_between, format_bytes, patch_facts)
 
 PNG = b"\x89PNG"
 
@@ -59,7 +59,7 @@ def test_attention_explorer_shows_the_chosen_query():
     image = torch.rand(3, 32, 32)
     _, attentions = model(image[None], return_attention=True)
     explorer = AttentionExplorer(image, attentions, cfg.patch_size)
-    assert "query = CLS" in explorer.info.value
+    assert explorer.info.value.startswith("layer 0, head 0, query = CLS: ")
     explorer.select(1, 1, 5)
     assert "layer 1, head 1, query = patch 4" in explorer.info.value
     torch.testing.assert_close(explorer.current(), attentions[1][0, 1, 5, 1:].detach())
@@ -68,6 +68,38 @@ def test_attention_explorer_shows_the_chosen_query():
         explorer.select(0, 2, 0)
     with pytest.raises(ValueError, match="does not fit a 2x2 grid"):
         AttentionExplorer(image, attentions, 16)
+
+
+def test_attention_explorer_opens_at_the_view_it_is_given():
+    cfg = ViTConfig(image_size=32, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64)
+    image = torch.rand(3, 32, 32)
+    _, attentions = VisionEncoder(cfg).eval()(image[None], return_attention=True)
+    explorer = AttentionExplorer(image, attentions, cfg.patch_size, layer=1, head=0, query=3)
+    assert (explorer.layer.value, explorer.head.value, explorer.query.value) == (1, 0, 3)
+    assert explorer.view() == "layer 1, head 0, query = patch 2"
+    assert explorer.info.value.startswith("layer 1, head 0, query = patch 2: ")
+    torch.testing.assert_close(explorer.current(), attentions[1][0, 0, 3, 1:].detach())
+    assert AttentionExplorer(image, attentions, cfg.patch_size).view() == "layer 0, head 0, query = CLS"
+    with pytest.raises(ValueError, match="query must be in 0..16, got 17"):
+        AttentionExplorer(image, attentions, cfg.patch_size, query=17)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PatchExplorer(torch.rand(3, 32, 32), value=8),
+    lambda: AttentionExplorer(torch.rand(3, 32, 32), [torch.rand(2, 17, 17)], 8),
+], ids=["patch", "attention"])
+def test_explorers_carry_a_note_only_the_book_shows(make):
+    """Right under the controls: a note for the static book, where no kernel can move them. It is hidden by
+    the widget's own layout (JupyterLab shows nothing for it); book/_assets/tinyvit.css shows it."""
+    explorer = make()
+    notes = [child for child in explorer.children if isinstance(child, LiveNote)]
+    assert len(notes) == 1 and notes[0].layout.display == "none"
+    assert f"class='{LIVE_NOTE_CLASS}'" in notes[0].value and "Live in JupyterLab" in notes[0].value
+    controls = {PatchExplorer: "slider", AttentionExplorer: "sliders"}[type(explorer)]
+    assert f"to move the {controls}." in notes[0].value
+    index = explorer.children.index(notes[0])
+    assert index == (1 if isinstance(explorer, PatchExplorer) else 2)  # just under the slider(s)
+    assert LIVE_NOTE_CLASS not in explorer.info.value  # the info line a notebook may print stays plain
 
 
 def test_live_loss_records_what_the_trainer_sees_and_redraws_every_few_steps():

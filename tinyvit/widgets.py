@@ -3,6 +3,11 @@
 Each explorer is a `VBox` (so a notebook displays it by naming it) with a plain method that does what its
 controls do (`set_patch_size`, `select`), so tests and notebooks can drive it without a browser.
 Pictures go into an `Image` widget as PNG bytes, so a saved notebook (and the book) keeps the last view.
+
+In the static book no kernel runs, so a slider there would move nothing. Each explorer with controls therefore
+carries a note (`LiveNote`) right under its controls, hidden wherever the explorer is live (JupyterLab,
+Notebook) and shown by the book's stylesheet (book/_assets/tinyvit.css), which also greys out the controls:
+the book says "live in JupyterLab" instead of offering a dead slider.
 """
 from __future__ import annotations
 
@@ -45,6 +50,22 @@ def format_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+LIVE_NOTE_CLASS = "tinyvit-live-note"  # the book's CSS shows this note; everywhere else it stays hidden
+
+
+class LiveNote(widgets.HTML):
+    """A note that only the static book shows: "Live in JupyterLab: run the notebook to move the slider".
+
+    Its layout is display: none (set inline on the widget, so JupyterLab takes no room for it); the book's
+    stylesheet shows any widget that holds a `.tinyvit-live-note`."""
+
+    def __init__(self, controls: str = "slider"):
+        text = (f"Live in JupyterLab: run the notebook to move the {controls}. The book runs no Python, so "
+                f"here it shows the view saved with the notebook.")
+        super().__init__(f"<div class='{LIVE_NOTE_CLASS}'>&#9432; {text}</div>",
+                         layout=widgets.Layout(display="none"))
+
+
 def figure_png(fig) -> bytes:
     """Render a figure to PNG bytes and close it (so the notebook does not also show it)."""
     buffer = io.BytesIO()
@@ -71,7 +92,7 @@ class PatchExplorer(widgets.VBox):
         self.info = widgets.HTML()
         self.picture = widgets.Image(format="png", width=360)
         self.slider.observe(lambda change: self._update(), names="value")
-        super().__init__([self.slider, self.info, self.picture])
+        super().__init__([self.slider, LiveNote("slider"), self.info, self.picture])
         self._update()
 
     def set_patch_size(self, patch_size: int) -> None:
@@ -97,9 +118,12 @@ class AttentionExplorer(widgets.VBox):
     """Pick a layer, a head and a query token (0 = CLS) and see its attention over the patches, drawn on the image.
 
     attentions: per layer, (h, N, N) or (1, h, N, N) weights, as `VisionEncoder(..., return_attention=True)` gives.
+    layer, head, query: the view it opens with (layer 0's CLS token by default); the info line always names
+    the view shown, so a notebook that describes the explorer describes the view it opens with.
     """
 
-    def __init__(self, image: torch.Tensor, attentions: Sequence[torch.Tensor], patch_size: int):
+    def __init__(self, image: torch.Tensor, attentions: Sequence[torch.Tensor], patch_size: int,
+                 layer: int = 0, head: int = 0, query: int = 0):
         maps = [(a[0] if a.ndim == 4 else a).detach() for a in attentions]  # each (h, N, N)
         if not maps or any(m.ndim != 3 or m.shape != maps[0].shape for m in maps):
             shapes = [tuple(a.shape) for a in attentions]
@@ -117,8 +141,9 @@ class AttentionExplorer(widgets.VBox):
         self._paused = False  # set while `select` moves several controls, so the picture is drawn once
         for control in (self.layer, self.head, self.query):
             control.observe(lambda change: self._paused or self._update(), names="value")
-        super().__init__([widgets.HBox([self.layer, self.head]), self.query, self.info, self.picture])
-        self._update()
+        super().__init__([widgets.HBox([self.layer, self.head]), self.query, LiveNote("sliders"), self.info,
+                          self.picture])
+        self.select(layer, head, query)
 
     def select(self, layer: int, head: int, query: int) -> None:
         """Set all three controls at once; the picture follows."""
@@ -137,13 +162,18 @@ class AttentionExplorer(widgets.VBox):
         """The shown query's attention over the patches (CLS column dropped), (P,)."""
         return self.maps[self.layer.value][self.head.value, self.query.value, 1:]
 
+    def view(self) -> str:
+        """The view shown, in words: 'layer 0, head 0, query = CLS'."""
+        q = self.query.value
+        who = "CLS" if q == 0 else f"patch {q - 1}"
+        return f"layer {self.layer.value}, head {self.head.value}, query = {who}"
+
     def _update(self) -> None:
         weights = self.current()
         q = self.query.value
         who = "CLS" if q == 0 else f"patch {q - 1}"
         on_cls = float(self.maps[self.layer.value][self.head.value, q, 0])
-        self.info.value = (f"layer {self.layer.value}, head {self.head.value}, query = {who}: "
-                           f"{1 - on_cls:.1%} of its attention on patches, {on_cls:.1%} on CLS")
+        self.info.value = f"{self.view()}: {1 - on_cls:.1%} of its attention on patches, {on_cls:.1%} on CLS"
         fig = viz.show_attention_map(self.image, weights, self.patch_size, title=f"where {who} looks")
         self.picture.value = figure_png(fig)
 
