@@ -108,8 +108,7 @@ def check_multi_head(fn: Callable) -> Verdict:
             return fail(imprecise(got, expected))
         return fail(f"the shape is right but the values differ (q, k, v of shape {(B, N, D)}, {h} heads): "
                      "split into heads, attend in each head, join the heads' outputs in order")
-    return passed("correct: the heads attend apart and join back to (B, N, D); through the output "
-                  "projection they give tinyvit.Attention's output")
+    return passed("correct: the heads attend apart and join back to (B, N, D), as tinyvit.Attention does")
 
 
 def _shape_mistake(shape: tuple, B: int, N: int, D: int, h: int) -> str:
