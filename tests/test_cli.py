@@ -131,6 +131,29 @@ def test_bad_input_exits_2_with_one_clear_line(work, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"train": {"stepz": 3}}')
     err = one_error_line(capsys, tiny_train_args(tmp_path / "d", "--config", tmp_path / "bad.json"))
     assert "unknown TrainConfig key 'stepz'" in err
+    for train, message in (({"steps": True}, "'steps' must be an integer, got bool True"),
+                           ({"seed": "abc"}, "TrainConfig key 'seed' must be an integer, got str 'abc'")):
+        (tmp_path / "bad.json").write_text(json.dumps({"train": train}))
+        err = one_error_line(capsys, ["train", "--out", tmp_path / "d", "--config", tmp_path / "bad.json"])
+        assert f"{tmp_path / 'bad.json'}, section 'train'" in err and message in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_eval_names_duplicate_prompts_undecodable_classes_and_impossible_labels(work, tmp_path, capsys):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a circle\na square\na circle\n")
+    err = one_error_line(capsys, ["eval", "--run", work["run"], "--data", work["manifest"], "--classes", classes])
+    assert "lines 1 and 3 hold the same prompt 'a circle'" in err
+    classes.write_bytes("a circle\na caf\u00e9\n".encode("latin-1"))
+    err = one_error_line(capsys, ["eval", "--run", work["run"], "--data", work["manifest"], "--classes", classes])
+    assert f"classes file {classes} is not valid UTF-8 (line 2" in err
+    items = json.loads(work["manifest"].read_text())
+    items[3]["label"] = 10**30
+    manifest = work["manifest"].parent / "huge_label.json"
+    manifest.write_text(json.dumps(items))
+    classes.write_text("a circle\na square\n")
+    err = one_error_line(capsys, ["eval", "--run", work["run"], "--data", manifest, "--classes", classes])
+    assert f"has 'label' {10**30}, far beyond any class number" in err
 
 
 def test_eval_refuses_a_run_whose_config_disagrees_with_its_checkpoint(work, tmp_path, capsys):

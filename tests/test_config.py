@@ -97,3 +97,28 @@ def test_text_and_train_configs_round_trip_and_validate():
         TextConfig(context_length=2)
     with pytest.raises(ValueError, match="needs negatives"):
         TrainConfig(batch_size=1)
+
+
+@pytest.mark.parametrize("value, got", [("5", "str '5'"), (None, "null"), (5.5, "float 5.5"), (True, "bool True")])
+def test_loaded_values_of_the_wrong_type_are_refused_naming_the_key(value, got):
+    with pytest.raises(ValueError, match=f"TrainConfig key 'steps' must be an integer, got {got}"):
+        TrainConfig.from_dict({"steps": value})
+
+
+def test_loaded_numbers_strings_bools_and_pairs_are_checked_too():
+    from tinyvit.config import ThinkerConfig
+    from tinyvit.data import ShapesConfig
+
+    with pytest.raises(ValueError, match="TrainConfig key 'lr' must be a number, got str '0.1'"):
+        TrainConfig.from_dict({"lr": "0.1"})
+    with pytest.raises(ValueError, match="TrainConfig key 'seed' must be an integer, got str 'abc'"):
+        TrainConfig.from_dict({"seed": "abc"})
+    with pytest.raises(ValueError, match="TextConfig key 'kind' must be a string, got int 3"):
+        TextConfig.from_dict({"kind": 3})
+    with pytest.raises(ValueError, match="ThinkerConfig key 'whiten' must be true or false, got int 1"):
+        ThinkerConfig.from_dict({"whiten": 1})
+    with pytest.raises(ValueError, match=r"ShapesConfig key 'background\[1\]' must be a number, got str 'x'"):
+        ShapesConfig.from_dict({"background": [0.5, "x"]})
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1.0  # an integer is a number
+    assert ShapesConfig.from_dict({"background": [0.5, 0.9]}).background == (0.5, 0.9)  # JSON lists become tuples
+    assert ViTConfig.from_dict({"d_model": 64, "heads": 2}).dim == 64  # the source system's names are checked too

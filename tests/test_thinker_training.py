@@ -207,6 +207,9 @@ def test_ask_refuses_bad_input_with_one_clear_line(runs, tmp_path, capsys):
     one_line_error(capsys, ["ask", "--run", runs["clip"], runs["image"], question], "holds no thinker.pt")
     one_line_error(capsys, ["ask", "--run", runs["thinker"], runs["image"], question, "--max-tokens", "0"],
                    "--max-tokens must be positive")
+    rambling = "what shape is the " + "very " * 40 + "big one?"
+    one_line_error(capsys, ["ask", "--run", runs["thinker"], runs["image"], rambling], "this Thinker reads at most 38",
+                   "(context_length 40): ask a shorter question")
 
 
 def test_ask_refuses_a_thinker_whose_encoder_changed(runs, tmp_path, capsys):

@@ -23,7 +23,7 @@ from .data.images import SkipUnreadable
 from .evaluate import evaluate_clip, evaluate_shapes
 from .recipes import (CHECKPOINT_EVERY, DEFAULT_STEPS, EVAL_ITEMS, FLAGS, PRELOAD_BYTES, TOKENIZER_CAPTIONS,
                       make_recipe)
-from .runs import (RUN_FILES, STAGE, TRAINING_KEYS, check_out_folder, convert_old_configs, load_checkpoint, publish,
+from .runs import (RUN_FILES, STAGE, TRAINING_KEYS, check_out_folder, load_checkpoint, publish,
                    staged_run, write_json)
 from .text import Tokenizer
 from .train import fit, resolve_device, set_threads
@@ -48,8 +48,7 @@ class Pairs(torch.utils.data.Dataset):
 def recipe_from_args(args: argparse.Namespace) -> dict:
     """The recipe of `train`: `recipes.make_recipe` with the --config file (a run's config.json saved by older
     tinyvit is converted first) and the flags given."""
-    config = convert_old_configs(read_json_object(args.config), args.config) if args.config else None
-    return make_recipe(config, **{flag: getattr(args, flag) for flag in FLAGS})
+    return make_recipe(args.config, **{flag: getattr(args, flag) for flag in FLAGS})
 
 
 def load_manifest(path: str, image_size: int, max_bad: int = 0, bad: list[str] | None = None):
@@ -75,9 +74,9 @@ def settings(args: argparse.Namespace, out: Path) -> tuple[dict, str | None, dic
     if given:
         raise ValueError(f"--resume continues the run in {out / STAGE} with its own settings (its config.json); "
                          f"leave out {', '.join(given)}")
-    saved = read_json_object(out / STAGE / "config.json")
-    data = saved.get("data")
-    return make_recipe(saved), None if data == "shapes" else data, load_checkpoint(out / STAGE / "checkpoint.pt", needs=(*TRAINING_KEYS, "tokenizer"))
+    data = read_json_object(out / STAGE / "config.json").get("data")
+    ckpt = load_checkpoint(out / STAGE / "checkpoint.pt", needs=(*TRAINING_KEYS, "tokenizer"))
+    return make_recipe(out / STAGE / "config.json"), None if data == "shapes" else data, ckpt
 
 
 def cmd_train(args: argparse.Namespace) -> int:

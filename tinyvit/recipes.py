@@ -65,8 +65,10 @@ def make_recipe(config_file: str | Path | dict | None = None, **flags: Any) -> d
     steps = flags.get("steps")
     if steps is None:
         steps = data.get("train", {}).get("steps", DEFAULT_STEPS)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-            raise ValueError(f"{name}, section 'train': steps must be a positive integer, got {steps!r}")
+        try:
+            TrainConfig.from_dict({"steps": steps})  # its type and value, checked before the recipe is built
+        except ValueError as err:
+            raise ValueError(f"{name}, section 'train': {err}") from None
     recipe = default_recipe(steps)
     for section, values in data.items():
         if section == "vision":
