@@ -29,6 +29,10 @@ SCREENSHOTS = BOOK / "_build" / "screenshots"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 SOLUTION_TAGS = ("hide-cell", "hide-input", "hide-output")
+# What a reader can drag, click or type into in a widget: each needs a kernel behind it.
+CONTROLS = ".widget-slider, .widget-dropdown, .widget-button, .widget-toggle-buttons, .widget-radio-box, " \
+           ".widget-checkbox, .widget-text, .widget-textarea, .widget-play"
+CODE_COLUMN = 88  # characters: the notebooks' limit for code lines and printed lines
 
 
 def toc_pages() -> list[str]:
@@ -104,6 +108,9 @@ class Visit:
     widget_views_unrendered: int = 0
     widget_text: str = ""
     solutions: list[dict] = field(default_factory=list)
+    widgets: list[dict] = field(default_factory=list)
+    code_blocks: list[dict] = field(default_factory=list)
+    table_cells: list[dict] = field(default_factory=list)
 
 
 PAGE_REPORT_JS = """() => {
@@ -126,8 +133,36 @@ PAGE_REPORT_JS = """() => {
                   details: c.querySelectorAll('details').length,
                   open: c.querySelectorAll('details[open]').length,
                   hidden_visible: [...c.querySelectorAll('details > :not(summary)')].some(e => e.checkVisibility())})),
+    // Each rendered widget: its controls, and whether it says (visibly) that it is live in JupyterLab only.
+    widgets: views.map(s => s.parentElement.querySelector('.jupyter-widgets')).filter(Boolean).map(w => {
+      const controls = [...w.querySelectorAll(%(controls)s)].filter(e => e.checkVisibility());
+      const notes = [...w.querySelectorAll('.tinyvit-live-note')].filter(e => e.checkVisibility());
+      return {text: text(w).slice(0, 120), controls: controls.length,
+              clickable: controls.filter(e => getComputedStyle(e).pointerEvents !== 'none').length,
+              note: notes.map(text).join(' ')};
+    }),
+    // Each code cell's and output's <pre>: how many characters of its font fit a line, and whether a line
+    // runs past its box.
+    code_blocks: [...document.querySelectorAll('.cell_input pre, .cell_output pre')].filter(p => p.checkVisibility())
+      .map(pre => {
+        const style = getComputedStyle(pre);
+        const probe = document.createElement('span');
+        probe.textContent = 'x'.repeat(88);
+        pre.appendChild(probe);
+        const width88 = probe.getBoundingClientRect().width;
+        probe.remove();
+        const inner = pre.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return {kind: pre.closest('.cell_input') ? 'code' : 'output', fits: Math.floor(inner / (width88 / 88)),
+                overflows: pre.scrollWidth > pre.clientWidth + 1, start: text(pre).slice(0, 80)};
+      }),
+    table_cells: [...document.querySelectorAll('table.tinyvit-table td')].map(td => {
+      const style = getComputedStyle(td);
+      return {padding: parseFloat(style.paddingLeft), border: parseFloat(style.borderTopWidth),
+              background: style.backgroundColor, verdict: [...td.classList].find(k => /^verdict-/.test(k)) || '',
+              text: text(td).trim()};
+    }),
   };
-}""" % {"view": WIDGET_VIEW}
+}""" % {"view": WIDGET_VIEW, "controls": json.dumps(CONTROLS)}
 
 TYPESET_DONE_JS = """() => [...document.querySelectorAll('.math')].every(e => e.querySelector('mjx-container'))"""
 WIDGETS_DONE_JS = """() => [...document.querySelectorAll('script[type="%s"]')]
@@ -165,7 +200,8 @@ def visits(browser, base_url) -> dict[str, Visit]:
             error_outputs=errors, math=report["math"], math_unrendered=report["math_unrendered"],
             math_errors=report["math_errors"], widget_views=report["widget_views"],
             widget_views_unrendered=report["widget_views_unrendered"], widget_text=report["widget_text"],
-            solutions=report["solutions"])
+            solutions=report["solutions"], widgets=report["widgets"], code_blocks=report["code_blocks"],
+            table_cells=report["table_cells"])
         return cache[doc]
 
     return visit
@@ -274,26 +310,36 @@ def test_solution_cells_are_collapsed(visits):
     assert expected_total > 0, "no notebook in the toc has hide-cell cells: the self-check's solutions should"
 
 
-def test_fact_check_page_shows_the_notebooks_table(browser, base_url):
-    """fact_check.md shows notebook 7's computed table, row for row (read from the notebook at build time)."""
-    assert "fact_check" in PAGES, "the fact-check page is missing from _toc.yml"
+def notebook_outputs(doc: str) -> list[tuple[Path, str]]:
+    """The {notebook-output} directives of a Markdown page: (notebook, match text) each."""
+    source = source_of(doc)
+    if source.suffix != ".md":
+        return []
+    found = re.findall(r"```\{notebook-output\}[ \t]+(\S+)[ \t]*\n:match:[ \t]*(.+?)[ \t]*\n", source.read_text("utf-8"))
+    return [((source.parent / notebook).resolve(), match) for notebook, match in found]
+
+
+def test_fact_check_page_shows_its_table_with_verdicts(browser, base_url):
+    """The fact-check page (appendix A) shows its table with a verdict column; where the page shows a
+    notebook's saved table ({notebook-output}), it shows it row for row."""
+    fact = [doc for doc in PAGES if "fact_check" in doc]
+    assert fact, "the fact-check page is missing from _toc.yml"
     sys.path.insert(0, str(BOOK / "_ext"))
     try:
         from notebook_output import find_html_output
     finally:
         sys.path.remove(str(BOOK / "_ext"))
-    saved = find_html_output(BOOK / "notebooks" / "07_self_check.ipynb", "Chapter 22, fact-checked")
-    saved_rows = saved.count("<tr")
     page, log = local_only_page(browser, base_url)
     try:
-        page.goto(f"{base_url}fact_check.html")
-        table = page.locator("article .notebook-output table")
-        rows = table.locator("tr").count()
-        headers = table.locator("th").all_inner_texts()
+        page.goto(f"{base_url}{fact[0]}.html")
+        tables = page.locator("article table", has=page.locator("th", has_text=re.compile(r"^\s*verdict\s*$", re.I)))
+        assert tables.count() >= 1, f"{fact[0]}: no table with a verdict column"
+        rows = tables.first.locator("tr").count()
     finally:
         page.close()
-    assert saved_rows > 10 and rows == saved_rows
-    assert "verdict" in [h.strip().lower() for h in headers]
+    assert rows > 10
+    for notebook, match in notebook_outputs(fact[0]):
+        assert find_html_output(notebook, match).count("<tr") == rows, f"{fact[0]}: rows differ from {notebook.name}"
     assert log.problems() == []
 
 
@@ -374,3 +420,114 @@ def test_no_page_refers_to_outside_files_or_repeats_a_script(site):
     assert remote == {} and repeated == {}
     assert remote_references('<script src="https://cdn.example/x.js"></script>') == ["https://cdn.example/x.js"]
     assert repeated_scripts('<script src="a.js?v=1"></script><script src="a.js?v=1"></script>') == ["a.js"]
+
+
+def notebook_pages() -> list[str]:
+    return [doc for doc in PAGES if source_of(doc).suffix == ".ipynb"]
+
+
+def test_no_dead_control_widgets_with_controls_say_they_are_live_in_jupyterlab(visits):
+    """No kernel runs in the book: a widget with a slider (or any control) says plainly, in view, that it is
+    live in JupyterLab, and its controls take no clicks (tinyvit.widgets.LiveNote and book/_assets/tinyvit.css).
+    """
+    with_controls = []
+    for doc in notebook_pages():
+        for widget in visits(doc).widgets:
+            if not widget["controls"]:
+                continue
+            with_controls.append(doc)
+            assert "Live in JupyterLab" in widget["note"], (
+                f"{doc}: a widget with {widget['controls']} controls and no visible 'Live in JupyterLab' note "
+                f"(a control that moves nothing): {widget['text']!r}")
+            assert widget["clickable"] == 0, f"{doc}: {widget['clickable']} controls still take clicks"
+    assert with_controls, "no widget with controls in the book: 01's patch-size explorer should have one"
+
+
+def test_code_and_printed_lines_fit_the_code_column(visits):
+    """At 1,280 x 900, 88 characters fit every code cell and output (the notebooks' line limit), and no printed
+    line runs out of its box: a long one wraps, so a conclusion is never cut off at the edge."""
+    checked = 0
+    for doc in notebook_pages():
+        for block in visits(doc).code_blocks:
+            checked += 1
+            assert block["fits"] >= CODE_COLUMN, (
+                f"{doc}: a {block['kind']} box holds {block['fits']} characters a line, "
+                f"not {CODE_COLUMN}: {block['start']!r}")
+            if block["kind"] == "output":
+                assert not block["overflows"], f"{doc}: a printed line is cut at the edge: {block['start']!r}"
+    assert checked > 20
+
+
+def test_tables_have_padding_borders_and_highlighted_verdicts(visits):
+    """Tables from tinyvit.viz.Table: every cell padded and bordered, every verdict coloured by its kind."""
+    cells = {doc: visits(doc).table_cells for doc in PAGES}
+    assert any(cells.values()), "no page shows a tinyvit.viz.Table"
+    kinds = set()
+    for doc, found in cells.items():
+        for cell in found:
+            assert cell["padding"] >= 4 and cell["border"] >= 1, f"{doc}: a cell without padding or border: {cell}"
+            if cell["verdict"]:
+                kinds.add(cell["verdict"])
+                assert cell["background"] not in ("rgba(0, 0, 0, 0)", "transparent"), f"{doc}: {cell}"
+    assert {"verdict-right", "verdict-wrong"} <= kinds, f"verdict kinds shown: {sorted(kinds)}"
+
+
+def solution_cells(doc: str) -> list[dict]:
+    """The exercise solutions of a notebook page: cells tagged `solution` (with `hide-input` and
+    `jupyter.source_hidden`, the course's convention)."""
+    nb = nbformat.read(source_of(doc), as_version=4)
+    return [cell for cell in nb.cells if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", [])]
+
+
+def test_solutions_are_folded_behind_a_toggle(browser, base_url):
+    """Each solution cell shows only a closed "Show the solution" toggle; a click opens its code, a second
+    click folds it again."""
+    total = 0
+    for doc in notebook_pages():
+        cells = solution_cells(doc)
+        if not cells:
+            continue
+        for cell in cells:  # the convention, so that JupyterLab folds them too (tests/test_lab.py)
+            assert "hide-input" in cell.metadata.get("tags", []), f"{doc}: a solution cell without hide-input"
+            assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, (
+                f"{doc}: a solution cell without jupyter.source_hidden: {cell.source[:60]!r}")
+        page, log = local_only_page(browser, base_url)
+        try:
+            page.goto(f"{base_url}{doc}.html")
+            rendered = page.locator(".cell.tag_solution")
+            assert rendered.count() == len(cells), f"{doc}: {len(cells)} solution cells, {rendered.count()} on the page"
+            for index, cell in enumerate(cells):
+                shown = rendered.nth(index)
+                first_line = next(line for line in cell.source.splitlines() if line.strip()).strip()
+                code = shown.locator(".cell_input pre")
+                toggle = shown.locator("details > summary")
+                assert toggle.count() == 1 and toggle.is_visible(), f"{doc}: solution {index + 1} has no toggle"
+                assert "Show the solution" in toggle.inner_text()
+                assert not code.is_visible(), f"{doc}: solution {index + 1} is open: {first_line!r}"
+                toggle.click()
+                code.wait_for(state="visible", timeout=5_000)
+                assert first_line in code.inner_text(), f"{doc}: the toggle opened something else"
+                toggle.click()
+                code.wait_for(state="hidden", timeout=5_000)
+                total += 1
+        finally:
+            page.close()
+        assert log.problems() == [], f"{doc}: " + "\n".join(log.problems())
+    assert total > 0, "no notebook in the toc has a solution cell (tag 'solution'); notebook 1's exercises should"
+
+
+def test_one_search_box_and_a_favicon(browser, base_url):
+    """The page names its own icon (no request for a missing /favicon.ico) and shows one search box."""
+    page, log = local_only_page(browser, base_url)
+    try:
+        response = page.goto(f"{base_url}{PAGES[0]}.html")
+        assert response is not None and response.ok
+        icon = page.locator("link[rel='icon']")
+        assert icon.count() == 1, "no favicon named in the page"
+        fetched = page.request.get(icon.evaluate("link => link.href"))
+        assert fetched.ok and fetched.body().lstrip().startswith(b"<svg"), "the favicon does not load"
+        boxes = [box for box in page.locator(".search-button-field").all() if box.is_visible()]
+        assert len(boxes) == 1, f"{len(boxes)} search boxes in view"
+    finally:
+        page.close()
+    assert log.problems() == []

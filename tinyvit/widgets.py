@@ -60,9 +60,9 @@ class LiveNote(widgets.HTML):
     stylesheet shows any widget that holds a `.tinyvit-live-note`."""
 
     def __init__(self, controls: str = "slider"):
-        text = (f"Live in JupyterLab: run the notebook to move the {controls}. The book runs no Python, so "
-                f"here it shows the view saved with the notebook.")
-        super().__init__(f"<div class='{LIVE_NOTE_CLASS}'>&#9432; {text}</div>",
+        text = (f"<b>Live in JupyterLab</b>: run the notebook to move the {controls}. The book runs no Python, "
+                f"so here it shows the view saved with the notebook.")
+        super().__init__(f"<div class='{LIVE_NOTE_CLASS}'>{text}</div>",
                          layout=widgets.Layout(display="none"))
 
 
