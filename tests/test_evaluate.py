@@ -8,7 +8,7 @@ from tinyvit.contrastive import CLIP
 from tinyvit.data import COLOURS, SHAPES, ShapesConfig, ShapesDataset
 from tinyvit.evaluate import (
     caption_matches, class_embeddings, embed_images, evaluate_clip, evaluate_shapes, recall_at_k, retrieval_metrics,
-    shapes_prompts, similarity_matrix, zero_shot_classify,
+    shapes_prompts, similarity_matrix, streamed_retrieval, zero_shot_classify,
 )
 from tinyvit.text import Tokenizer
 
@@ -178,3 +178,52 @@ def test_caption_options_hold_every_caption_and_the_shapes_ceiling_is_0_578():
     assert {len(o) for o, s in zip(options, scenes) if len(s["objects"]) == 1} == {6}
     assert {len(o) for o, s in zip(options, scenes) if len(s["objects"]) == 2} == {3}
     assert oracle_recall_at_1(ds.captions, options) == 0.578  # what README and clip_shapes quote
+
+
+def test_streamed_retrieval_equals_the_full_matrix_in_any_block_size():
+    torch.manual_seed(0)
+    img, txt = torch.randn(37, 8), torch.randn(37, 8)
+    captions = [f"caption {i % 30}" for i in range(37)]  # 7 captions twice: any of their images is right
+    dense = retrieval_metrics(similarity_matrix(img, txt), captions)
+    for block in (1, 5, 37, 100):
+        assert streamed_retrieval(img, txt, captions, block=block) == dense
+    assert streamed_retrieval(img, txt) == retrieval_metrics(similarity_matrix(img, txt))
+
+
+class FixedEmbeddings(nn.Module):
+    """A stand-in CLIP whose image embedding is the image tensor itself and whose text embedding is looked up by
+    caption: known answers for every metric."""
+
+    def __init__(self, texts: dict[str, list[float]]):
+        super().__init__()
+        self.names = list(texts)
+        self.register_buffer("table", torch.tensor(list(texts.values())))
+        self.weight = nn.Parameter(torch.zeros(1))  # a parameter, so the evaluators can find the device
+        self.text_cfg = TextConfig(context_length=3)
+
+    def encode_batch(self, texts, context_length):  # the tokenizer's side
+        return torch.tensor([[self.names.index(t)] for t in texts])  # (B, 1)
+
+    def encode_image(self, images):
+        return F.normalize(images, dim=-1)  # (B, 2)
+
+    def encode_text(self, tokens):
+        return F.normalize(self.table[tokens[:, 0]], dim=-1)  # (B, 2)
+
+
+def at(degrees: float) -> list[float]:
+    radians = torch.tensor(degrees).deg2rad()
+    return [float(radians.cos()), float(radians.sin())]
+
+
+def test_recall_and_zero_shot_on_fixed_embeddings_where_i2t_and_t2i_differ():
+    """Unit vectors at angles: images at 0, 50 and 90 degrees, their captions at 40, 45 and 90 degrees.
+    Image -> text: each image's nearest caption is its own (3 of 3). Text -> image: caption 0 (40) is nearer to
+    image 1 (50) than to image 0 (0), so 2 of 3. Classes at 0 and 90 degrees, labels 0, 0, 1: image 1 (50) is
+    nearer class 1, so zero-shot is 2 of 3."""
+    model = FixedEmbeddings({"t0": at(40), "t1": at(45), "t2": at(90), "class 0": at(0), "class 1": at(90)})
+    images = torch.tensor([at(0), at(50), at(90)])  # (3, 2)
+    metrics = evaluate_clip(model, model, images, ["t0", "t1", "t2"], labels=torch.tensor([0, 0, 1]),
+                            class_prompts=["class 0", "class 1"])
+    assert metrics == {"n": 3, "zero_shot_top1": 2 / 3, "i2t_recall@1": 1.0, "i2t_recall@5": 1.0,
+                       "t2i_recall@1": 2 / 3, "t2i_recall@5": 1.0}

@@ -58,6 +58,31 @@ def retrieval_metrics(sim: torch.Tensor, captions: Sequence[str] | None = None, 
     return out
 
 
+def streamed_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, captions: Sequence[str] | None = None,
+                       ks=(1, 5), block: int | None = None) -> dict[str, float]:
+    """`retrieval_metrics` of a paired set without the (B, B) matrix: similarities are computed `block` queries
+    at a time and only each block's top-k is kept, so memory grows linearly in B. (B, E), (B, E) -> metrics."""
+    if img_emb.shape != txt_emb.shape:
+        raise ValueError(f"a paired set needs as many images as captions, got {tuple(img_emb.shape)} and "
+                         f"{tuple(txt_emb.shape)}")
+    img, txt = F.normalize(img_emb.float(), dim=-1), F.normalize(txt_emb.float(), dim=-1)
+    B = img.shape[0]
+    ids: dict[str, int] = {}
+    keys = torch.tensor([ids.setdefault(c, len(ids)) for c in captions]) if captions is not None else torch.arange(B)
+    block = block or max(1, (1 << 24) // max(B, 1))  # about 64 MB of similarities at a time
+    top_k = min(max(ks), B)
+    out = {}
+    for name, queries, answers in (("i2t", img, txt), ("t2i", txt, img)):
+        hits = dict.fromkeys(ks, 0)
+        for start in range(0, B, block):
+            top = (queries[start:start + block] @ answers.T).topk(top_k, dim=1).indices  # (b, k)
+            right = keys[top] == keys[start:start + block, None]  # (b, k): same caption text as the query's
+            for k in ks:
+                hits[k] += int(right[:, :k].any(dim=1).sum())
+        out.update({f"{name}_recall@{k}": hits[k] / B for k in ks})
+    return out
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -142,8 +167,8 @@ def evaluate_clip(
     model: nn.Module, tokenizer, images: Any, captions: Sequence[str], labels: torch.Tensor | None = None,
     class_prompts: Sequence[str] | None = None, templates: Sequence[str] | None = None, batch_size: int = 256,
 ) -> dict[str, float]:
-    """The metrics `python -m tinyvit eval` prints: n, retrieval recall@1/@5 both ways over the paired set,
-    and zero_shot_top1 when class prompts and labels are given."""
+    """The metrics `python -m tinyvit eval` prints: n, retrieval recall@1/@5 both ways over the paired set
+    (streamed: memory linear in B), and zero_shot_top1 when class prompts and labels are given."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions: a paired set needs one caption each")
     img_emb = embed_images(model, images, batch_size)  # (B, E)
@@ -160,7 +185,7 @@ def evaluate_clip(
             )
         class_emb = class_embeddings(model, tokenizer, class_prompts, templates)  # (K, E)
         metrics["zero_shot_top1"] = accuracy((img_emb @ class_emb.T).argmax(dim=1), labels)
-    metrics.update(retrieval_metrics(similarity_matrix(img_emb, txt_emb), captions))
+    metrics.update(streamed_retrieval(img_emb, txt_emb, captions))
     return metrics
 
 
@@ -214,7 +239,7 @@ def evaluate_shapes(model: nn.Module, tokenizer, dataset, batch_size: int = 256)
     img_emb = embed_images(model, dataset, batch_size)  # (B, E)
     captions = dataset.captions
     metrics: dict[str, float] = {"n": len(captions)}
-    metrics.update(retrieval_metrics(similarity_matrix(img_emb, embed_texts(model, tokenizer, captions)), captions))
+    metrics.update(streamed_retrieval(img_emb, embed_texts(model, tokenizer, captions), captions))
     single = torch.tensor([len(scene["objects"]) == 1 for scene in dataset.scenes()])  # (B,)
     metrics["n_zero_shot"] = int(single.sum())
     for key in ("shape", "colour") if metrics["n_zero_shot"] else ():
