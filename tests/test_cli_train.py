@@ -142,3 +142,22 @@ def test_train_records_its_cpu_speed_components_and_none_trains_plain(work, tmp_
     assert plain.returncode == 0, plain.stderr
     assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["cpu_speed"] == []
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "plain")), torch.tensor(losses(work["full"])))
+
+
+def test_a_manifest_read_lazily_skips_bad_images_up_to_the_limit_and_names_them(work, tmp_path, capsys, monkeypatch):
+    import tinyvit.cli_train as cli_train
+
+    monkeypatch.setattr(cli_train, "PRELOAD_BYTES", 0)  # as if the images did not fit in memory
+    broken = tmp_path / "broken"
+    shutil.copytree(work["manifest"].parent, broken)
+    (broken / "heldout_00005.png").write_bytes(b"this is not a PNG")
+    args = command({**work, "manifest": broken / "annotations.json"}, tmp_path / "run")[3:]
+    args[args.index("20")] = "4"  # --steps 4: every item is met once
+    err = one_error_line(capsys, args)
+    assert "1 unreadable images met, more than the limit of 0 (--max-bad-images)" in err and "heldout_00005" in err
+    assert cli.main(args[:2] + [str(tmp_path / "run2")] + args[3:] + ["--max-bad-images", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped an unreadable image (1 of at most 1)" in captured.err and "heldout_00005.png" in captured.err
+    assert "1 unreadable images skipped" in captured.out
+    metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
+    assert metrics["bad_images"] == [str(broken / "heldout_00005.png")]

@@ -176,3 +176,36 @@ def test_shipped_digit_scans_load_as_rgb_at_any_size():
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # grey scans: equal channels
     with Image.open(ds.items[0]["image"]) as raw:
         assert raw.size == (8, 8) and raw.mode == "L"
+
+
+def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
+    from tinyvit.data import read_rgb
+
+    stored = np.zeros((8, 16, 3), np.uint8)  # stored landscape: left half red, right half blue
+    stored[:, :8, 0], stored[:, 8:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation 6: the camera was turned; show the picture rotated 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", quality=100, exif=exif.tobytes())
+    with Image.open(tmp_path / "turned.jpg") as raw:
+        assert raw.size == (16, 8)
+    upright = read_rgb(tmp_path / "turned.jpg", 16).astype(int)  # portrait, squeezed to 16x16
+    assert upright[:5, :, 0].mean() > 200 and upright[:5, :, 2].mean() < 60  # red on top after the turn
+    assert upright[-5:, :, 2].mean() > 200 and upright[-5:, :, 0].mean() < 60  # blue below
+
+
+def test_unreadable_images_are_skipped_counted_and_limited(tmp_path):
+    from tinyvit.data.images import SkipUnreadable
+
+    items = []
+    for i in range(4):
+        Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        items.append({"image": str(tmp_path / f"{i}.png"), "caption": f"image {i}"})
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    seen = []
+    data = SkipUnreadable(ManifestDataset(items, 4), limit=1, on_skip=lambda path, reason: seen.append(path))
+    image, caption = data[1]  # the next readable item stands in
+    assert caption == "image 2" and data.bad == seen == [str(tmp_path / "1.png")]
+    assert data[1][1] == "image 2" and len(seen) == 1  # named once
+    (tmp_path / "3.png").unlink()
+    with pytest.raises(ValueError, match="2 unreadable images met, more than the limit of 1.*3.png"):
+        data[3]
