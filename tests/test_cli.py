@@ -95,6 +95,11 @@ def test_train_without_data_uses_the_shapes_recipe_and_reports_heldout_accuracy(
     assert "held-out colour-shape pairs" in result.stdout and "zero-shot shape accuracy" in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n"] == cli_train.EVAL_ITEMS
+    last = json.loads((tmp_path / "run" / "history.json").read_text())["eval"][-1]
+    assert {k: v for k, v in last.items() if k != "step"}.items() <= metrics.items()  # loss.png ends on the summary
+    assert "steps 1-2 contrast only copies of one scene" in result.stderr  # the recipe's phases, announced
+    assert "step 3: the second phase of the recipe begins" in result.stderr
+    assert "4 steps is short for the recipe, which is built for 3000" in result.stdout
     for key in ("shape_zero_shot", "colour_zero_shot", "i2t_recall@1"):
         assert 0 <= metrics[key] <= 1
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -161,3 +161,19 @@ def test_a_manifest_read_lazily_skips_bad_images_up_to_the_limit_and_names_them(
     assert "1 unreadable images skipped" in captured.out
     metrics = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     assert metrics["bad_images"] == [str(broken / "heldout_00005.png")]
+
+
+def test_the_loss_plot_marks_the_phase_switch_and_names_its_scores(tmp_path, monkeypatch):
+    import tinyvit.cli_train as cli_train
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, path, **kwargs: drawn.append(figure))
+    history = {"step": [1, 2, 3, 4], "loss": [1.4, 1.3, 3.3, 3.2],
+               "eval": [{"step": 4, "n": 500, "shape_zero_shot": 0.5, "colour_zero_shot": 0.4, "i2t_recall@1": 0.1}]}
+    cli_train.save_loss_plot(history, tmp_path / "loss.png", phase=2)
+    loss_axis, score_axis = drawn[0].axes
+    assert "phase 2 from step 3: colour too" in [line.get_label() for line in loss_axis.get_lines()]
+    assert [line.get_label() for line in score_axis.get_lines()] == [
+        "zero-shot shape accuracy", "zero-shot colour accuracy", "image→text recall@1"]
+    assert score_axis.get_ylabel() == "score on 500 held-out images"
