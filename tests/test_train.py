@@ -50,7 +50,6 @@ def test_short_run_lowers_the_loss_and_records_history():
     assert history["eval"] == [{"step": 10, "score": 1.0}, {"step": 20, "score": 1.0}, {"step": 30, "score": 1.0}]
     assert calls == [False, False, False]  # evaluated in eval mode
     assert model.training  # and back to training afterwards
-    assert history["time"] == sorted(history["time"])
 
 
 def test_chapter_224_patch16_config_learns_in_a_few_steps():
@@ -153,9 +152,16 @@ def test_resume_into_a_different_config_names_each_mismatch(tmp_path):
         check_configs({"text": {"kind": "transformer"}}, {"text": {"kind": "mean"}})
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"  # CUDA first
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda or mps, got 'tpu'"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
@@ -264,3 +270,30 @@ def test_a_checkpoint_trained_on_cuda_loads_on_the_cpu(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(on_cpu.encode_image(images), model.encode_image(images.cuda()).cpu(),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_a_nan_loss_stops_fit_naming_the_step_before_it_touches_the_weights():
+    model = torch.nn.Linear(4, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def loss_fn(model, step):
+        return model(torch.ones(1, 4)).sum() * (float("nan") if step == 2 else 1.0)
+
+    cfg = TrainConfig(steps=5, batch_size=2, warmup_steps=0, eval_every=0)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 2; try a lower learning rate"):
+        fit(model, loss_fn, lambda step: step, cfg, progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # steps 0 and 1 did train
+
+
+@pytest.mark.parametrize("grad_clip, norm", [(1.0, 1.0), (0.0, 100 * 2.0)])
+def test_grad_clip_caps_the_gradient_norm_adamw_sees(tmp_path, grad_clip, norm):
+    """loss = 100 * w.x with x = (1, 1, 1, 1): the gradient is 100 * x, norm 200. AdamW's first moment after one
+    step is (1 - 0.9) * gradient, so its norm is 0.1 * the clipped norm: 0.1 with grad_clip 1, 20 without."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1, bias=False)
+    cfg = TrainConfig(steps=1, batch_size=2, warmup_steps=0, eval_every=0, grad_clip=grad_clip)
+    fit(model, lambda m, x: 100 * m(x).sum(), lambda step: torch.ones(1, 4), cfg, progress=False,
+        checkpoint_path=tmp_path / "c.pt")
+    moment = load_checkpoint(tmp_path / "c.pt")["optimizer"]["state"][0]["exp_avg"]
+    assert float(moment.norm()) == pytest.approx(0.1 * norm, rel=1e-5)
