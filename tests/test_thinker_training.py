@@ -225,3 +225,27 @@ def test_ask_refuses_a_thinker_whose_encoder_changed(runs, tmp_path, capsys):
     one_line_error(capsys, args, "not the one this Thinker was trained on")
     shutil.rmtree(tmp_path / "clip")
     one_line_error(capsys, args, "the CLIP run this Thinker reads is missing")
+
+
+def test_an_interrupted_think_keeps_its_checkpoint_and_resume_gives_the_same_losses(runs, capsys, monkeypatch):
+    import tinyvit.thinker.training as training
+
+    out = runs["root"] / "resumed"
+    args = ["think", "--run", str(runs["clip"]), "--out", str(out), "--variant", "all", "--steps", "3",
+            "--batch-size", "8", "--images", "12", "--eval-images", "6", "--quiet"]  # the fixture's Thinker
+    whole_fit = training.fit
+
+    def interrupted_after_two_steps(*fit_args, **kwargs):
+        whole_fit(*fit_args, **kwargs, until=2)  # saves the checkpoint of step 2
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", interrupted_after_two_steps)
+    assert cli.main(args) == 130
+    assert f"the checkpoint of step 2 is kept in {out / '.partial'}" in capsys.readouterr().err
+    monkeypatch.undo()
+    one_line_error(capsys, args, "unfinished run with a checkpoint of step 2; continue it with --resume")
+    one_line_error(capsys, ["think", "--out", out, "--resume", "--steps", "5"], "leave out --steps")
+    assert cli.main(["think", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert sorted(os.listdir(out)) == ["metrics.json", "thinker.pt"]
+    assert load_checkpoint(out / "thinker.pt")["loss"] == load_checkpoint(runs["thinker"] / "thinker.pt")["loss"]
+    assert cli.main(["ask", "--run", str(out), str(runs["image"]), "what shape is this?"]) == 0

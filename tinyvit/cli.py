@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "run's frozen image tokens; write THINKER_DIR", description="Trains on the 'train' split, "
                            "scores on colour-shape pairs never trained on ('heldout'); writes thinker.pt, "
                            "metrics.json.")
-    think.add_argument("--run", required=True, metavar="CLIP_RUN_DIR", help="a `python -m tinyvit train` run")
+    think.add_argument("--run", metavar="CLIP_RUN_DIR", help="a `python -m tinyvit train` run (needed unless --resume)")
     think.add_argument("--out", required=True, metavar="THINKER_DIR", help="a folder of its own, not the CLIP run's")
     think.add_argument("--variant", choices=("cls", "all"),
                        help="cls (default): projector(CLS), 1 image token (the chapter's); all: projector on all N "

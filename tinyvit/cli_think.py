@@ -25,11 +25,13 @@ def think_settings(args: argparse.Namespace, out) -> dict:
     """The settings of this run: the flags over THINK_DEFAULTS, or with --resume the saved ones (a flag given
     then is refused)."""
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in THINK_DEFAULTS if k != "run" and getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in THINK_DEFAULTS if getattr(args, k) is not None]
         if given:
             raise ValueError(f"--resume continues the Thinker in {out / STAGE} with its own settings (think.json); "
                              f"leave out {', '.join(given)}")
         return read_json_object(out / STAGE / "think.json")
+    if args.run is None:
+        raise ValueError("--run CLIP_RUN_DIR is needed: the CLIP run whose image tokens the Thinker reads")
     chosen = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in THINK_DEFAULTS.items()}
     for name in ("steps", "batch_size", "lr", "images", "eval_images"):
         if not chosen[name] > 0:  # "not >" also refuses nan
@@ -40,8 +42,6 @@ def think_settings(args: argparse.Namespace, out) -> dict:
 def cmd_think(args: argparse.Namespace) -> int:
     out = check_out_folder(args.out, args.force, args.resume, kind="think")
     given = think_settings(args, out)
-    if args.resume and args.run is not None and args.run != given["run"]:
-        raise ValueError(f"--resume continues the Thinker of {given['run']}; leave out --run {args.run}")
     set_threads(args.threads)
     steps = given["steps"]
     train = dataclasses.replace(RECIPE, steps=steps, batch_size=given["batch_size"], lr=given["lr"],
