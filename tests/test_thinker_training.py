@@ -249,3 +249,25 @@ def test_an_interrupted_think_keeps_its_checkpoint_and_resume_gives_the_same_los
     assert sorted(os.listdir(out)) == ["metrics.json", "thinker.pt"]
     assert load_checkpoint(out / "thinker.pt")["loss"] == load_checkpoint(runs["thinker"] / "thinker.pt")["loss"]
     assert cli.main(["ask", "--run", str(out), str(runs["image"]), "what shape is this?"]) == 0
+
+
+def test_ask_prints_the_exact_answer_a_thinker_memorised(runs):
+    """Teach the fixture's Thinker one made-up answer for one image, then ask from a subprocess: the command prints
+    exactly that answer, so image reading, the image tokens, the prompt and decoding all line up end to end."""
+    from tinyvit.data import load_image
+    from tinyvit.thinker import image_tokens
+
+    model, tokenizer, encoder = load_thinker(runs["thinker"])
+    question, answer = "What colour is the circle?", "purple square"
+    tokens = image_tokens(encoder, load_image(runs["image"], 16)[None], model.cfg.variant).detach()  # (1, K, E)
+    ids, mask = encode_qa(tokenizer, [{"question": question, "answer": answer}], model.cfg.context_length)
+    train = TrainConfig(steps=40, batch_size=2, lr=3e-3, warmup_steps=2, eval_every=0, grad_clip=0)
+    fit(model, thinker_batch_loss, lambda step: (tokens, ids, mask), train, progress=False)
+    memorised = runs["root"] / "memorised"  # beside the CLIP run, like the fixture's Thinker
+    shutil.copytree(runs["thinker"], memorised)
+    ckpt = load_checkpoint(memorised / "thinker.pt")
+    ckpt["model"] = model.state_dict()
+    save_checkpoint(memorised / "thinker.pt", **{k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    result = ask("--run", memorised, runs["image"], question)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == answer + "\n"
