@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,23 +115,52 @@ def load_questions(number: str | int) -> list[dict]:
     return validate(questions, str(path))
 
 
-def show_quiz(number: str | int, shuffle_answers: bool = True) -> None:
-    """Display the quiz of notebook `number` (e.g. show_quiz("01")) in a notebook or the book.
+# jupyterquiz's script loads MathJax 3 from a CDN when a page has a MathJax object without `typeset`, as
+# JupyterLab 4's is (its README: maths in quizzes does not render there), and calls `MathJax.typeset` after
+# every click, which throws there. Quiz text holds no maths, so here that branch only logs a line and every
+# typeset call is skipped where there is none: the saved outputs name no outside address (the offline book
+# stays offline) and a click raises no error in JupyterLab.
+CDN_MATHJAX = re.compile(r"console\.log\('WARNING: Trying to force load MathJax 3'\);.*?"
+                         r"document\.head\.appendChild\(script\);\s*\}\)\(\);", re.S)
+NO_CDN = "console.log('tinyvit quiz: MathJax is not ready; quiz text holds no maths');"
+TYPESET, GUARDED_TYPESET = "MathJax.typeset(", "MathJax.typeset && MathJax.typeset("
 
-    The options are shuffled in the browser each time the quiz is drawn. The container's id is derived from
-    the quiz number, so re-running a notebook stores the very same output."""
+
+def quiz_outputs(questions: list[dict], name: str, shuffle_answers: bool = True) -> list:
+    """The two objects jupyterquiz.display_quiz displays for `questions` (an HTML container with its CSS, and a
+    Javascript object holding the questions and jupyterquiz's code), with its CDN branch taken out. The
+    container's id is derived from `name`, so the same quiz gives the very same outputs on every run."""
     try:
-        from jupyterquiz import display_quiz  # only the notebooks need it
+        from jupyterquiz.dynamic import display as jupyterquiz_display  # only the notebooks need it
     except ImportError:
         raise ImportError("show_quiz needs jupyterquiz: pip install -r requirements.txt") from None
 
-    questions = load_questions(number)
     shown = [dict(q, answer_cols=q.get("answer_cols",
                                        1 if max(len(a["answer"]) for a in q["answers"]) > WIDE_OPTION else 2))
              for q in questions]
-    state = random.getstate()  # jupyterquiz names its container with `random`; keep the learner's stream intact
-    random.seed(f"tinyvit quiz {quiz_path(number).stem}")
+    outputs = []
+    display, state = jupyterquiz_display.display, random.getstate()
+    jupyterquiz_display.display = outputs.append  # collect what display_quiz would display
+    random.seed(f"tinyvit quiz {name}")  # jupyterquiz names its container with `random`
     try:
-        display_quiz(shown, shuffle_answers=shuffle_answers, max_width=760, border_radius=6)
+        jupyterquiz_display.display_quiz(shown, shuffle_answers=shuffle_answers, max_width=760, border_radius=6)
     finally:
-        random.setstate(state)
+        jupyterquiz_display.display, _ = display, random.setstate(state)  # the learner's stream untouched
+    html, script = outputs
+    script.data, replaced = CDN_MATHJAX.subn(NO_CDN, script.data)
+    typesets = script.data.count(TYPESET)
+    script.data = script.data.replace(TYPESET, GUARDED_TYPESET)
+    if replaced != 2 or typesets != 7 or re.search(r"https?://", script.data):
+        raise RuntimeError("jupyterquiz's script has changed: pin jupyterquiz==2.9.6.4 (requirements.txt)")
+    return [html, script]
+
+
+def show_quiz(number: str | int, shuffle_answers: bool = True) -> None:
+    """Display the quiz of notebook `number` (e.g. show_quiz("01")) in a notebook or the book.
+
+    The options are shuffled in the browser each time the quiz is drawn; re-running a notebook stores the
+    very same outputs."""
+    from IPython.display import display
+
+    for output in quiz_outputs(load_questions(number), quiz_path(number).stem, shuffle_answers):
+        display(output)
