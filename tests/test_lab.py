@@ -1,10 +1,11 @@
 """The learner's own path: JupyterLab started headless, notebook 1 opened in Chromium, Run All Cells, and the
-patch-size explorer answering its slider.
+patch-size explorer answering its slider (with no book-only note in view); every exercise solution folded.
 
 Needs /usr/bin/chromium; run with `pytest -m browser tests/test_lab.py` (about a minute).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,9 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 from browser_support import chromium, free_port, local_only_page
 
@@ -50,9 +53,10 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
     pytest.fail(f"jupyter lab did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
     """A JupyterLab server rooted at the repository, on a free port, stopped (with its kernels) afterwards."""
+    tmp_path = tmp_path_factory.mktemp("lab")
     settings = tmp_path / "settings"
     for name, values in LAB_SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +66,7 @@ def lab(tmp_path):
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                "--ServerApp.token=", "--ServerApp.password=", "--allow-root", f"--ServerApp.root_dir={REPO}",
+               "--ServerApp.disable_check_xsrf=True",  # lets the tests shut kernels down over the REST API
                f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with open(log, "w") as log_file:
@@ -133,6 +138,7 @@ def explorer_state(page) -> tuple[int, str, str]:
 
 
 def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
+    wait_for_no_kernel(lab)  # a kernel left by another test would confuse the idle checks
     saved = (REPO / NOTEBOOK).read_bytes()
     with chromium() as browser:
         page, log = local_only_page(browser, lab, viewport=(1400, 1000))
@@ -166,9 +172,12 @@ def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
             counts = [int(p.strip("[]:")) for p in prompts]
             assert counts == sorted(counts) and len(set(counts)) == len(counts), f"cells ran out of order: {prompts}"
 
-            # The explorer renders live (a kernel-backed widget) at the chapter's patch size.
+            # The explorer renders live (a kernel-backed widget) at the chapter's patch size; the note that
+            # only the static book shows ("Live in JupyterLab: ...") is in the page but takes no room here.
             patch, info, picture = explorer_state(page)
             assert patch == 16 and "197 tokens" in info, info
+            notes = page.locator(".jp-Notebook .tinyvit-live-note")
+            assert notes.count() >= 1 and not any(note.is_visible() for note in notes.all())
 
             # Move the slider one step with the keyboard, as a learner might; the kernel recomputes the text.
             patch_slider(page).locator(".noUi-handle").focus()
@@ -186,3 +195,77 @@ def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
             page.close()
     assert log.problems() == [], "\n".join(log.problems())
     assert (REPO / NOTEBOOK).read_bytes() == saved, "running the notebook in JupyterLab changed the committed file"
+
+
+def wait_for_no_kernel(base: str, timeout: float = 30) -> None:
+    """Shut down every kernel of the server and wait until none is left."""
+    for kernel in kernels(base):
+        request = urllib.request.Request(f"{base}api/kernels/{kernel['id']}", method="DELETE")
+        with contextlib.suppress(urllib.error.HTTPError):  # 404: it had stopped already
+            urllib.request.urlopen(request, timeout=10).close()
+    deadline = time.monotonic() + timeout
+    while kernels(base):
+        if time.monotonic() > deadline:
+            pytest.fail(f"kernels still running after {timeout} s: {kernels(base)}")
+        time.sleep(0.3)
+
+
+def solution_notebooks() -> dict[str, list[int]]:
+    """notebooks/NN_*.ipynb -> the indices of its exercise solution cells (tag `solution`)."""
+    found = {}
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        indices = [i for i, cell in enumerate(cells) if "solution" in cell.metadata.get("tags", [])]
+        if indices:
+            found[str(path.relative_to(REPO))] = indices
+    return found
+
+
+CELLS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(cell => {
+  const editor = cell.querySelector('.jp-InputArea-editor');
+  const placeholder = cell.querySelector('.jp-InputPlaceholder');
+  return {editor: !!editor && editor.checkVisibility(), placeholder: !!placeholder && placeholder.checkVisibility(),
+          text: (cell.querySelector('.jp-Cell-inputWrapper') || cell).innerText};
+})"""
+
+
+def test_solutions_are_folded_in_jupyterlab(lab):
+    """Opened as a learner opens it, each notebook shows its solution cells folded (jupyter.source_hidden): a
+    placeholder bar where the code would be, the code itself out of view; a click on the bar unfolds it."""
+    notebooks = solution_notebooks()
+    assert notebooks, "no notebook has a solution cell (tag 'solution'); notebook 1's exercises should"
+    with chromium() as browser:
+        for notebook, indices in notebooks.items():
+            cells = nbformat.read(REPO / notebook, as_version=4).cells
+            page, log = local_only_page(browser, lab, viewport=(1280, 800))
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(f"{lab}lab/tree/{notebook}?reset")  # ?reset: only this notebook open, not the last ones
+                try:
+                    page.wait_for_function(f"() => document.querySelectorAll('.jp-Notebook .jp-Cell').length "
+                                           f"=== {len(cells)}")
+                except Exception:  # noqa: BLE001 - reported with what the page shows instead
+                    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(SCREENSHOT.with_name("jupyterlab_solutions.png")))
+                    count = page.evaluate("() => document.querySelectorAll('.jp-Notebook .jp-Cell').length")
+                    pytest.fail(f"{notebook}: JupyterLab shows {count} cells, the file has {len(cells)}")
+                shown = page.evaluate(CELLS_JS)
+                for index in indices:
+                    # JupyterLab's placeholder previews a folded cell's first line; the rest stays out of view.
+                    lines = [line.strip() for line in cells[index].source.splitlines() if line.strip()]
+                    assert shown[index]["placeholder"] and not shown[index]["editor"], (
+                        f"{notebook}: solution cell {index} is not folded: {lines[0]!r}")
+                    assert len(lines) < 2 or lines[-1] not in shown[index]["text"], (
+                        f"{notebook}: solution cell {index} shows its code")
+                exercise = next((i for i, c in enumerate(cells) if "exercise" in c.metadata.get("tags", [])), None)
+                if exercise is not None:  # the learner's own cell stays open
+                    assert shown[exercise]["editor"], f"{notebook}: exercise cell {exercise} is folded"
+                # One click on the placeholder unfolds a solution, as a learner who wants it would.
+                cell = page.locator(".jp-Notebook .jp-Cell").nth(indices[0])
+                cell.locator(".jp-InputPlaceholder").click()
+                cell.locator(".jp-InputArea-editor").wait_for(state="visible")
+            finally:
+                page.close()
+            wait_for_no_kernel(lab)
+            assert log.page_errors == [], f"{notebook}: {log.page_errors}"
+            assert log.blocked == [], f"{notebook}: requests outside JupyterLab: {log.blocked}"
