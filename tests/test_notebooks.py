@@ -163,6 +163,10 @@ def test_ends_with_its_quiz(path):
     assert "hide-input" in tags(last), f"{path.name}: tag the quiz cell hide-input"
     shown = [o for o in last.get("outputs", []) if "application/javascript" in o.get("data", {})]
     assert shown, f"{path.name}: the quiz cell has no saved output; execute the notebook so that the book shows it"
+    saved = json.dumps(last["outputs"])
+    assert not re.search(r"https?://", saved), (
+        f"{path.name}: the saved quiz output names an outside address (made before tinyvit.quiz took jupyterquiz's "
+        "CDN fallback out): re-execute the notebook")
 
 
 @pytest.mark.parametrize("path", COURSE + APPENDICES, ids=ids(COURSE + APPENDICES))

@@ -163,3 +163,10 @@ def test_long_options_are_shown_one_per_row():
     for question in shown:
         wide = max(len(a["answer"]) for a in question["answers"]) > quiz.WIDE_OPTION
         assert question["answer_cols"] == (1 if wide else 2)
+
+
+def test_notebook_7_is_every_quiz_and_nothing_to_copy():
+    cells = json.loads((REPO / "notebooks" / "07_self_check.ipynb").read_text(encoding="utf-8"))["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert code == ["from tinyvit.quiz import show_quiz"] + [f'show_quiz("{n}")' for n in ALL]
+    assert not any({"exercise", "solution"} & set(c["metadata"].get("tags", [])) for c in cells)
