@@ -9,8 +9,9 @@ The questions of notebook NN live in `notebooks/quizzes/NN.json`, in jupyterquiz
 jupyterquiz writes two outputs: an HTML container and a script that holds the questions and all of its own
 JavaScript and CSS. So a saved notebook carries the whole quiz: JupyterLab runs the script when the cell runs
 (or when a trusted notebook opens), and the static book runs it in the page, with no kernel and no request
-outside the page. Quiz text stays plain: no `$` maths (jupyterquiz hands it to MathJax, which JupyterLab 4 does
-not offer it) and no HTML.
+outside the page (two small edits to jupyterquiz's script make sure of that; see `quiz_outputs`). Quiz text
+stays plain: no `$` maths (jupyterquiz hands it to MathJax, which does not typeset it in JupyterLab 4) and no
+HTML.
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def quiz_outputs(questions: list[dict], name: str, shuffle_answers: bool = True)
     try:
         jupyterquiz_display.display_quiz(shown, shuffle_answers=shuffle_answers, max_width=760, border_radius=6)
     finally:
-        jupyterquiz_display.display, _ = display, random.setstate(state)  # the learner's stream untouched
+        jupyterquiz_display.display = display
+        random.setstate(state)  # the learner's random stream is left as it was
     html, script = outputs
     script.data, replaced = CDN_MATHJAX.subn(NO_CDN, script.data)
     typesets = script.data.count(TYPESET)
