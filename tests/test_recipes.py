@@ -155,3 +155,14 @@ def test_make_recipe_reads_a_run_saved_by_older_code():
     assert recipe["vision"] == default["vision"] and recipe["train"].steps == 3000
     moved = make_recipe({"shapes": {"hard_fraction": 1.0, "shape_first_steps": 20}}, steps=50)
     assert moved["batches"].shape_first_steps == 20 and "hard_fraction" not in moved["shapes"].to_dict()
+
+
+def test_short_recipe_is_the_default_recipe_on_smaller_images():
+    from tinyvit.recipes import SHORT_SHAPE_SHARE, short_recipe
+    short, full = short_recipe(700), default_recipe(700)
+    assert short["vision"].num_tokens == 17 and short["shapes"].image_size == 32
+    assert short["batches"].shape_first_steps == round(700 * SHORT_SHAPE_SHARE) < 700
+    for section in ("text", "shapes", "batches", "train", "vision"):  # the same cures and sizes otherwise
+        mine, theirs = short[section].to_dict(), full[section].to_dict()
+        changed = {k for k in mine if mine[k] != theirs[k]}
+        assert changed <= {"image_size", "shape_first_steps", "eval_every", "device"}, (section, changed)

@@ -52,6 +52,24 @@ def default_recipe(steps: int = DEFAULT_STEPS) -> dict[str, Any]:
     }
 
 
+SHORT_STEPS = 1400  # the short recipe's steps: a few minutes on a laptop CPU (book appendix B has its cost)
+SHORT_SHAPE_SHARE = 0.7  # its shape phase is longer: shape is the slow part, colour follows in a few hundred steps
+
+
+def short_recipe(steps: int = SHORT_STEPS) -> dict[str, Any]:
+    """The default recipe cut down for notebook 4: the same cures, on 32x32 images with 8x8 patches (17 tokens
+    instead of 65, so a step costs about a quarter as much), with SHORT_SHAPE_SHARE of the steps in the shape
+    phase, on the CPU. Book appendix B has what it reaches, over seeds, against the full recipe."""
+    recipe = default_recipe(steps)
+    return {
+        "vision": dataclasses.replace(recipe["vision"], image_size=32),
+        "text": recipe["text"],
+        "train": dataclasses.replace(recipe["train"], eval_every=max(1, steps // 7), device="cpu"),
+        "shapes": dataclasses.replace(recipe["shapes"], image_size=32),
+        "batches": dataclasses.replace(recipe["batches"], shape_first_steps=round(steps * SHORT_SHAPE_SHARE)),
+    }
+
+
 def make_recipe(config_file: str | Path | dict | None = None, **flags: Any) -> dict[str, Any]:
     """The default recipe for the steps asked (a `steps` flag, else the config's train.steps, else 3000), then the
     config's sections laid over it, then the flags (None: not given). `config_file` is a JSON file (or the dict
