@@ -194,7 +194,8 @@ def test_help_documents_each_command(command, words, capsys):
     assert all(word in out for word in words)
 
 
-def test_interrupted_or_failed_run_leaves_nothing_that_looks_complete_and_keeps_its_checkpoint(work, tmp_path, monkeypatch, capsys):
+def test_a_failed_run_leaves_nothing_that_looks_complete_and_keeps_its_checkpoint(work, tmp_path, monkeypatch,
+                                                                                     capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 

@@ -41,6 +41,7 @@ def atomic_file(path: str | Path) -> Iterator[Any]:
     """Open a temp file beside `path` for binary writing; on success it replaces `path`, on any error it is
     removed and `path` keeps what it held."""
     path = Path(path)
+    _check_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     if path.exists() and not path.is_file():
@@ -54,7 +55,7 @@ def atomic_file(path: str | Path) -> Iterator[Any]:
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
+        if isinstance(err, OSError) and err.strerror:
             raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from None
         raise
 
@@ -98,10 +99,10 @@ def check_out_folder(out: str | Path, force: bool = False, resume: bool = False,
     if entries == [STAGE] and not checkpoint.exists() or not entries:
         return out  # new, empty, or a stage with nothing worth keeping
     other = next(k for k in OWN_MARKER if k != kind)
-    if _tinyvit_file(out / OWN_MARKER[other]) or (kind == "think" and holds_clip_run(out)):
+    if _peek(out / OWN_MARKER[other]) or (kind == "think" and holds_clip_run(out)):
         raise ValueError(f"--out {out} holds a {'CLIP' if other == 'train' else 'Thinker'} run; write this run "
                          "into a folder of its own")
-    if not (_tinyvit_file(out / OWN_MARKER[kind]) or _tinyvit_file(checkpoint)):
+    if not (_peek(out / OWN_MARKER[kind]) or _peek(checkpoint)):
         raise ValueError(f"--out {out} holds files that are not a tinyvit run ({', '.join(entries[:5])}); write the "
                          "run into a new or empty folder")
     if checkpoint.exists() and not force:
@@ -116,29 +117,33 @@ def _check_writable(out: Path) -> None:
     """Refuse, naming the path, an --out below a file, one that is a file, or one in a folder we cannot write."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {out} is below {parent}, which is a file, not a folder")
+    parent = _check_parents(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: cannot write into {parent} (permission denied)")
 
 
-def _tinyvit_file(path: Path) -> bool:
-    """Is `path` a checkpoint carrying tinyvit's marker? (Read lazily: only the small header is touched.)"""
+def _check_parents(path: Path) -> Path:
+    """The nearest folder above (or at) `path` that exists; a file there instead is an error naming both."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent != path and not parent.is_dir():
+        raise ValueError(f"{path} is below {parent}, which is a file, not a folder")
+    return parent
+
+
+def _peek(path: Path) -> dict[str, Any]:
+    """A checkpoint read lazily (mmap: only what is asked for is touched); {} when missing, unreadable or foreign."""
     try:
-        return torch.load(path, mmap=True, weights_only=True).get("format") == FORMAT
-    except Exception:  # missing, unreadable or foreign: not ours
-        return False
+        ckpt = torch.load(path, mmap=True, weights_only=True)
+    except Exception:
+        return {}
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else {}
 
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The step a training checkpoint was saved at (None when it holds none)."""
-    try:
-        return torch.load(path, mmap=True, weights_only=True).get("step")
-    except Exception:
-        return None
+    return _peek(Path(path)).get("step")
 
 
 @contextlib.contextmanager

@@ -206,7 +206,8 @@ def save_thinker(out_dir: str | Path, result: dict[str, Any], clip_run: str | Pa
         out / THINKER_FILE, model={k: v.cpu() for k, v in model.state_dict().items()},
         configs={"thinker": model.cfg.to_dict(), "vision": result["encoder"].cfg.to_dict(),
                  "shapes": result["shapes"].to_dict()},
-        tokenizer=result["tokenizer"].to_bytes(), clip_run=os.path.relpath(Path(clip_run).resolve(), Path(relative_to or out).resolve()),
+        tokenizer=result["tokenizer"].to_bytes(),
+        clip_run=os.path.relpath(Path(clip_run).resolve(), Path(relative_to or out).resolve()),
         encoder_fingerprint=encoder_fingerprint(result["encoder"]),
         loss=[round(x, 4) for x in result["history"]["loss"]])
     write_json(out / "metrics.json", result["metrics"])
