@@ -90,8 +90,11 @@ def lab(tmp_path_factory):
             pass
 
 
-PROMPTS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
-  .map(p => p.innerText.trim())"""
+# The execution prompts ("[ ]:", "[*]:", "[3]:") of the code cells whose code is in view: a folded cell (an
+# exercise's solution) shows a placeholder instead, and its prompt stays blank while it runs.
+PROMPTS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')]
+  .filter(c => !c.querySelector('.jp-InputPlaceholder'))
+  .map(c => (c.querySelector('.jp-InputPrompt') || {textContent: ''}).textContent.trim())"""
 ERROR_OUTPUTS_JS = """() => [...document.querySelectorAll(
   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
   .map(o => o.innerText).filter(t => /Traceback|\\w*Error\\b/.test(t))"""
@@ -134,7 +137,8 @@ def explorer_state(page) -> tuple[int, str, str]:
     explorer = page.locator(".jp-Notebook .widget-vbox", has=page.locator(".widget-slider", has=label)).last
     readout = patch_slider(page).locator(".widget-readout").inner_text().strip()
     picture = explorer.locator("img").first.get_attribute("src") or ""
-    return int(readout), explorer.locator(".widget-html").first.inner_text(), picture
+    info = explorer.locator(".widget-html:not(:has(.tinyvit-live-note))").first  # not the book-only note
+    return int(readout), info.inner_text(), picture
 
 
 def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
@@ -157,7 +161,10 @@ def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
 
             # The saved notebook already shows execution counts: clear them here (not on disk) first.
             menu(page, "Edit", "Clear Outputs of All Cells")
-            page.wait_for_function(f"() => ({PROMPTS_JS})().every(p => p === '[ ]:')")
+            try:
+                page.wait_for_function(f"() => ({PROMPTS_JS})().every(p => p === '[ ]:')")
+            except Exception:  # noqa: BLE001 - reported with the prompts the page shows
+                pytest.fail(f"execution counts still shown after clearing: {page.evaluate(PROMPTS_JS)}")
             menu(page, "Run", "Run All Cells")
 
             # Done when every code cell shows an execution count ("[*]" is running, "[ ]" has not run), or
