@@ -1,5 +1,10 @@
 """The built book, seen the way a reader sees it: every page of book/_toc.yml opened in Chromium with every
-request outside the book blocked (as in a classroom without internet).
+request outside the book blocked (as in a classroom without internet), at 1,280 x 900.
+
+Besides loading cleanly (no console error, no failed request, figures, maths and widgets drawn), the pages
+keep the course's promises: no dead control (a widget with a slider says it is live in JupyterLab), 88
+characters fit the code column and printed lines wrap, tables are padded with their verdicts coloured,
+exercise solutions sit folded behind a "Show the solution" toggle, one search box and a favicon.
 
 Needs the built book (book/build.sh) and /usr/bin/chromium; run with `pytest -m browser tests/test_book.py`.
 A full-page screenshot of each page is written to book/_build/screenshots/.
