@@ -2,6 +2,7 @@
 Debian's Chromium driven by Playwright, and a page that may only talk to one local origin."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import http.server
@@ -50,19 +51,31 @@ def serve_directory(root: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+_PLAYWRIGHT = None  # one Playwright per test process: its sync API cannot be started twice at once
+
+
+def _playwright():
+    """The process's Playwright, started on first use and stopped when the process exits. Tests in several
+    modules (a module's browser fixture still open while another test starts Chromium) share it."""
+    global _PLAYWRIGHT
+    if _PLAYWRIGHT is None:
+        from playwright.sync_api import sync_playwright
+
+        _PLAYWRIGHT = sync_playwright().start()
+        atexit.register(_PLAYWRIGHT.stop)
+    return _PLAYWRIGHT
+
+
 @contextlib.contextmanager
 def chromium() -> Iterator[object]:
     """A headless Chromium (the system one) under Playwright; fails the test with the fix if it is missing."""
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(f"browser tests need Chromium at {CHROMIUM}: run `apt-get install -y chromium`")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    browser = _playwright().chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @dataclass
