@@ -94,7 +94,8 @@ def test_explorers_carry_a_note_only_the_book_shows(make):
     explorer = make()
     notes = [child for child in explorer.children if isinstance(child, LiveNote)]
     assert len(notes) == 1 and notes[0].layout.display == "none"
-    assert f"class='{LIVE_NOTE_CLASS}'" in notes[0].value and "<b>Live in JupyterLab</b>: run the notebook" in notes[0].value
+    assert f"class='{LIVE_NOTE_CLASS}'" in notes[0].value
+    assert "<b>Live in JupyterLab</b>: run the notebook" in notes[0].value
     controls = {PatchExplorer: "slider", AttentionExplorer: "sliders"}[type(explorer)]
     assert f"to move the {controls}." in notes[0].value
     index = explorer.children.index(notes[0])
