@@ -14,13 +14,7 @@ TINY = ThinkerConfig(vocab_size=40, dim=32, depth=2, heads=2, mlp_dim=64, contex
 TINY_VIT = ViTConfig(image_size=16, patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32, out_dim=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread: with two on a busy machine, small ops wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_chapter_image_token_and_five_text_tokens_make_six():

@@ -7,13 +7,7 @@ from tinyvit.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tinyvit.thinker import QABatches, encode_qa, make_qa, prompt_ids, scene_questions, train_tokenizer, unseen_answers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread: with two on a busy machine, small ops wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unseen_answers_are_the_answers_of_a_type_a_question_never_had():

@@ -29,13 +29,7 @@ CLIP_CONFIG = {"vision": {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread: with two on a busy machine, small ops wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_reads_only_answer_tokens():
