@@ -1,8 +1,7 @@
 """Figures and small tables for the course: patch grids, position similarity, attention, costs, curves.
 
-Every figure function draws with pyplot and returns the `matplotlib.figure.Figure`, so a notebook cell can end
-with `plt.show()` and a test can inspect the axes. Images are (C, H, W) tensors with values in [0, 1].
-"""
+Every figure function returns its `matplotlib.figure.Figure` (a cell ends with `plt.show()`, a test inspects the
+axes). Images are (C, H, W) tensors with values in [0, 1]."""
 from __future__ import annotations
 
 import html
