@@ -119,6 +119,20 @@ def wait_for_idle_kernel(base: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def open_in_lab(page, base: str, notebook: str) -> None:
+    """Open a notebook in JupyterLab and keep the kernel it proposes (the venv's Python 3), as a learner does;
+    returns once that kernel is idle."""
+    page.goto(f"{base}lab/tree/{notebook}")
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell")
+    select = page.locator(".jp-Dialog", has_text="Select Kernel").locator("button", has_text="Select")
+    deadline = time.monotonic() + 60
+    while not kernels_idle(base) and time.monotonic() < deadline:
+        if select.count():
+            select.click()
+        page.wait_for_timeout(300)
+    wait_for_idle_kernel(base)
+
+
 def menu(page, top: str, item: str) -> None:
     """Click a JupyterLab menu entry, e.g. Run > Run All Cells."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{re.escape(top)}$")).click()
@@ -148,16 +162,7 @@ def test_notebook_runs_in_jupyterlab_and_the_patch_explorer_responds(lab):
         page, log = local_only_page(browser, lab, viewport=(1400, 1000))
         page.set_default_timeout(30_000)
         try:
-            page.goto(f"{lab}lab/tree/{NOTEBOOK}")
-            page.wait_for_selector(".jp-Notebook .jp-CodeCell")
-            # JupyterLab asks which kernel to start; a learner keeps the proposed one (the venv's Python 3).
-            select = page.locator(".jp-Dialog", has_text="Select Kernel").locator("button", has_text="Select")
-            deadline = time.monotonic() + 60
-            while not kernels_idle(lab) and time.monotonic() < deadline:
-                if select.count():
-                    select.click()
-                page.wait_for_timeout(300)
-            wait_for_idle_kernel(lab)
+            open_in_lab(page, lab, NOTEBOOK)
 
             # The saved notebook already shows execution counts: clear them here (not on disk) first.
             menu(page, "Edit", "Clear Outputs of All Cells")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 from browser_support import chromium, local_only_page, serve_directory
-from test_lab import ERROR_OUTPUTS_JS, PROMPTS_JS, kernels_idle, lab, menu, wait_for_idle_kernel  # noqa: F401
+from test_book import browser  # noqa: F401  (the module's Chromium, shared with the book's tests)
+from test_lab import ERROR_OUTPUTS_JS, PROMPTS_JS, lab, menu, open_in_lab  # noqa: F401
 
 from tinyvit.quiz import load_questions
 
@@ -89,12 +89,6 @@ def book_url():
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as browser:
-        yield browser
-
-
 @pytest.mark.parametrize("doc", quiz_pages())
 def test_book_quiz_gives_feedback_offline(browser, book_url, doc):
     expected = questions_of(doc)
@@ -153,15 +147,7 @@ OVERLAPS_JS = """(quiz) => {
 
 def open_and_run(page, base: str, notebook: str) -> None:
     """Open a notebook in JupyterLab, keep the proposed kernel, clear the saved outputs and run all cells."""
-    page.goto(f"{base}lab/tree/{notebook}")
-    page.wait_for_selector(".jp-Notebook .jp-CodeCell")
-    select = page.locator(".jp-Dialog", has_text="Select Kernel").locator("button", has_text="Select")
-    deadline = time.monotonic() + 60
-    while not kernels_idle(base) and time.monotonic() < deadline:
-        if select.count():
-            select.click()
-        page.wait_for_timeout(300)
-    wait_for_idle_kernel(base)
+    open_in_lab(page, base, notebook)
     menu(page, "Edit", "Clear Outputs of All Cells")
     page.wait_for_function(f"() => ({PROMPTS_JS})().every(p => p === '[ ]:')")
     menu(page, "Run", "Run All Cells")
